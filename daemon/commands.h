@@ -1,0 +1,17 @@
+// Subcommands of the `s0` client. Each command lives in daemon/cmd_<name>.cpp and registers its
+// flags on a CLI11 subcommand; the callback returns the process exit status.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+
+namespace s0::cli {
+
+using Runner = std::function<int()>;
+
+// Each Add*Command adds its subcommand to `app` and returns the runner to call when it is chosen.
+Runner AddTokenizeCommand(CLI::App& app);
+Runner AddGradCommand(CLI::App& app);
+
+}  // namespace s0::cli

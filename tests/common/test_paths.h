@@ -1,0 +1,15 @@
+// Where tests find the repository's files and the shared data folder.
+#pragma once
+
+#include <string>
+
+namespace s0::test {
+
+// Path of a file in the repository: SourcePath("tests/fixtures/x").
+std::string SourcePath(const std::string& rel);
+// ../shared beside the checkout (or $S0_SHARED_DIR): SharedPath("data/humaneval/...").
+std::string SharedPath(const std::string& rel);
+// A fresh empty directory for this test (under the build tree), removed and recreated each call.
+std::string TempDir(const std::string& name);
+
+}  // namespace s0::test
