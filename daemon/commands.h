@@ -11,7 +11,6 @@ namespace s0::cli {
 using Runner = std::function<int()>;
 
 // Each Add*Command adds its subcommand to `app` and returns the runner to call when it is chosen.
-Runner AddTokenizeCommand(CLI::App& app);
-Runner AddGradCommand(CLI::App& app);
+Runner AddVersionCommand(CLI::App& app);
 
 }  // namespace s0::cli

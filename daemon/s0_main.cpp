@@ -10,8 +10,7 @@ namespace {
 using Adder = s0::cli::Runner (*)(CLI::App&);
 // The command table: one entry per subcommand (see daemon/commands.h).
 constexpr Adder kCommands[] = {
-    &s0::cli::AddTokenizeCommand,
-    &s0::cli::AddGradCommand,
+    &s0::cli::AddVersionCommand,
 };
 
 }  // namespace
