@@ -12,5 +12,7 @@ using Runner = std::function<int()>;
 
 // Each Add*Command adds its subcommand to `app` and returns the runner to call when it is chosen.
 Runner AddVersionCommand(CLI::App& app);
+Runner AddTokenizeCommand(CLI::App& app);
+Runner AddGradCommand(CLI::App& app);
 
 }  // namespace s0::cli

@@ -11,6 +11,8 @@ using Adder = s0::cli::Runner (*)(CLI::App&);
 // The command table: one entry per subcommand (see daemon/commands.h).
 constexpr Adder kCommands[] = {
     &s0::cli::AddVersionCommand,
+    &s0::cli::AddTokenizeCommand,
+    &s0::cli::AddGradCommand,
 };
 
 }  // namespace
