@@ -32,24 +32,41 @@ double CompletionCrossEntropy(const T* hidden, const T* lm_head, const int32_t* 
   }
   const double g = grad_scale / double(n_scored);
   const int64_t chunk = std::min(chunk_rows, n_scored);
-  std::vector<T> logits(size_t(chunk * vocab));
+  // Logits are formed transposed, [V, rows] = lm_head · hidden^T: then the large lm_head is the
+  // GEMM's streamed operand and only the small chunk of hidden rows is packed. The arithmetic per
+  // logit is the same as hidden · lm_head^T. They are transposed back to [rows, V] for the
+  // softmax and the backward product.
+  std::vector<T> logits_t(size_t(chunk * vocab)), logits(size_t(chunk * vocab));
   std::vector<double> row_loss(static_cast<size_t>(chunk));
   double loss_sum = 0;
   for (int64_t c0 = first; c0 <= last; c0 += chunk) {
     const int64_t rows = std::min(chunk, last + 1 - c0);
-    MatmulForward(hidden + c0 * hidden_dim, lm_head, logits.data(), rows, hidden_dim, vocab);
+    Gemm(vocab, rows, hidden_dim, lm_head, hidden_dim, hidden + c0 * hidden_dim, hidden_dim,
+         BLayout::kNK, logits_t.data(), rows, OutputMode::kOverwrite);
+    ParallelFor(size_t(vocab), [&](size_t begin, size_t end) {
+      for (int64_t r = 0; r < rows; ++r) {
+        for (size_t j = begin; j < end; ++j) {
+          logits[size_t(r * vocab) + j] = logits_t[j * size_t(rows) + size_t(r)];
+        }
+      }
+    }, 4096);
     ParallelFor(size_t(rows), [&](size_t begin, size_t end) {
       for (size_t r = begin; r < end; ++r) {
         T* l = logits.data() + int64_t(r) * vocab;
         const int32_t target = ids[c0 + int64_t(r) + 1];
-        const double mx = double(*std::max_element(l, l + vocab));
+        const T mx = *std::max_element(l, l + vocab);
+        const double target_logit = double(l[target]);
+        // l becomes exp(l - max); the sum and the log-sum-exp are kept in double.
         double sum = 0;
-        for (int64_t j = 0; j < vocab; ++j) sum += std::exp(double(l[j]) - mx);
-        const double lse = mx + std::log(sum);
-        row_loss[r] = lse - double(l[target]);
+        for (int64_t j = 0; j < vocab; ++j) {
+          l[j] = std::exp(l[j] - mx);
+          sum += double(l[j]);
+        }
+        row_loss[r] = double(mx) + std::log(sum) - target_logit;
         if (d_hidden == nullptr) continue;
         // d loss / d logit_j = softmax_j - [j == target], times the caller's scale.
-        for (int64_t j = 0; j < vocab; ++j) l[j] = T(std::exp(double(l[j]) - lse) * g);
+        const T to_grad = T(g / sum);
+        for (int64_t j = 0; j < vocab; ++j) l[j] *= to_grad;
         const double p_target = std::exp(-row_loss[r]);
         l[target] = T((p_target - 1.0) * g);
       }

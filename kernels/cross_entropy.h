@@ -13,9 +13,10 @@ namespace s0 {
 // Returns the mean loss over scored positions. When d_hidden ([T, H]) is not null it is
 // overwritten with grad_scale * d(mean loss) / d(hidden); rows of unscored positions are zero.
 // grad_scale lets the caller average over examples (1 / n_examples).
-// Logits are formed chunk_rows positions at a time (log-sum-exp and softmax in double), so at
-// most chunk_rows x V of them exist at once; the result does not depend on chunk_rows beyond
-// the order of the loss sum.
+// Logits are formed chunk_rows positions at a time, so at most 2 x chunk_rows x V values are
+// held (the logits and their transpose); each chunk reads lm_head twice, so larger chunks cost
+// memory and save bandwidth. Softmax sums and the log-sum-exp accumulate in double. The result
+// does not depend on chunk_rows beyond the order of the loss sum.
 template <typename T>
 double CompletionCrossEntropy(const T* hidden, const T* lm_head, const int32_t* ids,
                               int64_t tokens, int64_t hidden_dim, int64_t vocab,

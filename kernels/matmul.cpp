@@ -40,28 +40,37 @@ struct GemmArgs {
   OutputMode mode;
 };
 
-// Packs B[k0:k0+kc, n0:n0+nc] into panels of nr_full columns, zero-padded past nc:
-// bp[panel * kc * nr_full + p * nr_full + r] = B(k0 + p, n0 + panel * nr_full + r).
-template <typename T>
-void PackB(const GemmArgs<T>& g, int64_t k0, int64_t kc, int64_t n0, int64_t nc, int64_t nr_full,
-           T* bp) {
-  for (int64_t j0 = 0; j0 < nc; j0 += nr_full) {
-    const int64_t nr = std::min(nr_full, nc - j0);
-    T* panel = bp + (j0 / nr_full) * kc * nr_full;
+// Packs B[k0:k0+kc, n0:n0+nc] into panels of kNr columns, zero-padded past nc:
+// bp[panel * kc * kNr + p * kNr + r] = B(k0 + p, n0 + panel * kNr + r). Inlined into each
+// instruction-set variant, so that full rows copy with fixed-size vector moves.
+template <typename T, int64_t kNr>
+[[gnu::always_inline]] inline void PackB(const GemmArgs<T>& g, int64_t k0, int64_t kc, int64_t n0,
+                                         int64_t nc, T* bp) {
+  for (int64_t j0 = 0; j0 < nc; j0 += kNr) {
+    const int64_t nr = std::min(kNr, nc - j0);
+    T* panel = bp + (j0 / kNr) * kc * kNr;
     if (g.layout == BLayout::kKN) {
-      for (int64_t p = 0; p < kc; ++p) {
-        const T* src = g.b + (k0 + p) * g.ldb + n0 + j0;
-        T* dst = panel + p * nr_full;
-        std::copy(src, src + nr, dst);
-        std::fill(dst + nr, dst + nr_full, T(0));
+      const T* src = g.b + k0 * g.ldb + n0 + j0;
+      if (nr == kNr) {
+        for (int64_t p = 0; p < kc; ++p) std::memcpy(panel + p * kNr, src + p * g.ldb, sizeof(T) * kNr);
+      } else {
+        for (int64_t p = 0; p < kc; ++p) {
+          std::copy(src + p * g.ldb, src + p * g.ldb + nr, panel + p * kNr);
+          std::fill(panel + p * kNr + nr, panel + (p + 1) * kNr, T(0));
+        }
       }
     } else {
-      for (int64_t r = 0; r < nr; ++r) {
-        const T* src = g.b + (n0 + j0 + r) * g.ldb + k0;
-        for (int64_t p = 0; p < kc; ++p) panel[p * nr_full + r] = src[p];
-      }
-      for (int64_t r = nr; r < nr_full; ++r) {
-        for (int64_t p = 0; p < kc; ++p) panel[p * nr_full + r] = T(0);
+      // A transpose, in strips of kStrip k values so that the panel rows written stay in L1.
+      constexpr int64_t kStrip = 16;
+      const T* src = g.b + (n0 + j0) * g.ldb + k0;
+      for (int64_t p0 = 0; p0 < kc; p0 += kStrip) {
+        const int64_t pn = std::min(kStrip, kc - p0);
+        for (int64_t r = 0; r < nr; ++r) {
+          for (int64_t p = p0; p < p0 + pn; ++p) panel[p * kNr + r] = src[r * g.ldb + p];
+        }
+        for (int64_t r = nr; r < kNr; ++r) {
+          for (int64_t p = p0; p < p0 + pn; ++p) panel[p * kNr + r] = T(0);
+        }
       }
     }
   }
@@ -140,7 +149,7 @@ template <typename T, int kVecBytes, int MR, int NV>
   static_assert(kMr % MR == 0 && kNc % kNr == 0, "task blocks must hold whole tiles");
   for (int64_t k0 = 0; k0 < g.k; k0 += kKc) {
     const int64_t kc = std::min(kKc, g.k - k0);
-    PackB(g, k0, kc, n0, nc, kNr, bp);
+    PackB<T, kNr>(g, k0, kc, n0, nc, bp);
     const bool add = k0 > 0 || g.mode == OutputMode::kAccumulate;
     for (int64_t j = 0; j < nc; j += kNr) {
       const int64_t nr = std::min(kNr, nc - j);

@@ -164,6 +164,24 @@ TEST(Matmul, BitwiseIndependentOfThreadsAndBatch) {
   EXPECT_EQ(0, std::memcmp(row.data(), ys[0].data() + 77 * s.n, row.size() * sizeof(float)));
 }
 
+// (x w^T)^T = w x^T computed with the roles of the operands swapped gives the same bits: each
+// element is the same chain of multiply-adds over k. The cross-entropy relies on it.
+TEST(Matmul, SwappedOperandsGiveTransposeBitwise) {
+  const Shape s{29, 600, 300};
+  std::vector<float> x = Normal<float>(size_t(s.m * s.k), 16), w = Normal<float>(size_t(s.n * s.k), 17);
+  std::vector<float> y(size_t(s.m * s.n)), y_t(size_t(s.n * s.m));
+  MatmulForward(x.data(), w.data(), y.data(), s.m, s.k, s.n);
+  Gemm(s.n, s.m, s.k, w.data(), s.k, x.data(), s.k, BLayout::kNK, y_t.data(), s.m,
+       OutputMode::kOverwrite);
+  size_t mismatches = 0;
+  for (int64_t i = 0; i < s.m; ++i) {
+    for (int64_t j = 0; j < s.n; ++j) {
+      mismatches += std::memcmp(&y[size_t(i * s.n + j)], &y_t[size_t(j * s.m + i)], sizeof(float)) != 0;
+    }
+  }
+  EXPECT_EQ(mismatches, 0u);
+}
+
 TEST(Matmul, FiniteDifferenceBackward) {
   const Shape s{5, 13, 11};
   std::vector<double> x = Normal<double>(size_t(s.m * s.k), 11);
