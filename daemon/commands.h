@@ -14,5 +14,6 @@ using Runner = std::function<int()>;
 Runner AddVersionCommand(CLI::App& app);
 Runner AddTokenizeCommand(CLI::App& app);
 Runner AddGradCommand(CLI::App& app);
+Runner AddTrainCommand(CLI::App& app);
 
 }  // namespace s0::cli

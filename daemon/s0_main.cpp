@@ -13,6 +13,7 @@ constexpr Adder kCommands[] = {
     &s0::cli::AddVersionCommand,
     &s0::cli::AddTokenizeCommand,
     &s0::cli::AddGradCommand,
+    &s0::cli::AddTrainCommand,
 };
 
 }  // namespace
