@@ -12,15 +12,17 @@
 namespace s0 {
 namespace {
 
-// Blocking. A task computes an mc x kNc block of C; per k block of kKc it packs B into panels of
-// NR columns (kKc x kNc elements, sized for L2) and sweeps register tiles of MR x NR over it (one
+// Blocking. A task computes an mc x nc block of C; per k block of kKc it packs B into panels of
+// NR columns (kKc x nc elements, sized for L2) and sweeps register tiles of MR x NR over it (one
 // panel, kKc x NR, sized for L1). mc is a multiple of kMr (a multiple of every MR below) and at
-// most kMcMax; kNc is a multiple of every NR. Every element is summed over k in ascending order,
+// most kMcMax; nc is kNcMax or a power-of-two fraction of it down to kNcMin, each a multiple of
+// every NR. Every element is summed over k in ascending order,
 // in k blocks of kKc, whichever task computes it, so results do not depend on the task grid.
 constexpr int64_t kKc = 256;
 constexpr int64_t kMr = 24;
 constexpr int64_t kMcMax = 384;
-constexpr int64_t kNc = 256;
+constexpr int64_t kNcMax = 256;
+constexpr int64_t kNcMin = 64;
 
 template <typename T, int kVecBytes>
 struct VecOf {
@@ -141,12 +143,12 @@ template <typename T, int kVecBytes, int R, int NV>
   }
 }
 
-// One task: C[m0:m0+mc, n0:n0+nc]. bp holds kKc * kNc elements.
+// One task: C[m0:m0+mc, n0:n0+nc]. bp holds kKc * kNcMax elements.
 template <typename T, int kVecBytes, int MR, int NV>
 [[gnu::always_inline]] inline void GemmBlock(const GemmArgs<T>& g, int64_t m0, int64_t mc,
                                              int64_t n0, int64_t nc, T* bp) {
   constexpr int64_t kNr = kVecBytes / int64_t(sizeof(T)) * NV;
-  static_assert(kMr % MR == 0 && kNc % kNr == 0, "task blocks must hold whole tiles");
+  static_assert(kMr % MR == 0 && kNcMin % kNr == 0, "task blocks must hold whole tiles");
   for (int64_t k0 = 0; k0 < g.k; k0 += kKc) {
     const int64_t kc = std::min(kKc, g.k - k0);
     PackB<T, kNr>(g, k0, kc, n0, nc, bp);
@@ -262,21 +264,22 @@ void Gemm(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, 
   }
   static const BlockFn<T> block_fn = SelectBlockFn<T>();
   const GemmArgs<T> g{m, n, k, a, lda, b, ldb, layout, c, ldc, mode};
-  // Tall blocks repack B least; split M further only when the N blocks alone cannot keep every
-  // thread busy. The split does not change any element's arithmetic.
-  const int64_t n_blocks = (n + kNc - 1) / kNc;
-  int64_t mc = std::min(kMcMax, (m + kMr - 1) / kMr * kMr);
-  while (mc > kMr && n_blocks * ((m + mc - 1) / mc) < 2 * int64_t(NumThreads())) {
-    mc = std::max(kMr, mc / 2 / kMr * kMr);
-  }
-  const int64_t m_blocks = (m + mc - 1) / mc;
+  // Aim for two tasks per thread. Narrower N blocks cost nothing extra; shorter M blocks make
+  // every block of B be packed once more, so N is split first. The task grid does not change
+  // any element's arithmetic.
+  const int64_t want = 2 * int64_t(NumThreads());
+  int64_t nc = kNcMax, mc = std::min(kMcMax, (m + kMr - 1) / kMr * kMr);
+  auto tasks = [&] { return ((n + nc - 1) / nc) * ((m + mc - 1) / mc); };
+  while (nc > kNcMin && tasks() < want) nc /= 2;
+  while (mc > kMr && tasks() < want) mc = std::max(kMr, mc / 2 / kMr * kMr);
+  const int64_t n_blocks = (n + nc - 1) / nc, m_blocks = (m + mc - 1) / mc;
   ParallelFor(size_t(m_blocks * n_blocks), [&](size_t begin, size_t end) {
     thread_local std::vector<T> bp;
-    bp.resize(size_t(kKc * kNc));
+    bp.resize(size_t(kKc * kNcMax));
     for (size_t t = begin; t < end; ++t) {
       const int64_t mb = int64_t(t) / n_blocks, nb = int64_t(t) % n_blocks;
-      const int64_t m0 = mb * mc, n0 = nb * kNc;
-      block_fn(g, m0, std::min(mc, m - m0), n0, std::min(kNc, n - n0), bp.data());
+      const int64_t m0 = mb * mc, n0 = nb * nc;
+      block_fn(g, m0, std::min(mc, m - m0), n0, std::min(nc, n - n0), bp.data());
     }
   });
 }

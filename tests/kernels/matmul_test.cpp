@@ -23,7 +23,7 @@ struct Shape {
 };
 
 // Odd sizes, sizes below one register tile, and sizes that cross the k (256), row (24 / 384)
-// and column (256) blocks of the implementation.
+// and column (64 to 256) blocks of the implementation.
 const Shape kShapes[] = {{37, 53, 29}, {1, 1, 1},    {5, 300, 7},  {100, 257, 300},
                          {7, 3, 33},   {25, 16, 16}, {2, 513, 17}, {400, 40, 9}};
 
