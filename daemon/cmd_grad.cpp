@@ -58,6 +58,10 @@ Status ComputeAndWrite(const GradArgs& args, const Qwen35Config& config,
   for (size_t i = 0; i < grad_f32.size(); ++i) {
     tensors.push_back({names[i], DType::kF32, shape, std::as_bytes(std::span(grad_f32[i]))});
   }
+  const std::filesystem::path parent = std::filesystem::path(args.out).parent_path();
+  std::error_code ec;
+  if (!parent.empty()) std::filesystem::create_directories(parent, ec);
+  if (ec) return Status::IOError(parent.string() + ": " + ec.message());
   S0_RETURN_IF_ERROR(WriteSafetensors(args.out, tensors,
                                       {{"format", "s0-grad"}, {"precision", args.precision}}));
   std::printf("loss %.8f over %zu examples; dS0 for %zu DeltaNet layers written to %s\n",
