@@ -3,6 +3,8 @@
 #include <cstdlib>
 #include <filesystem>
 
+#include <gtest/gtest.h>
+
 namespace s0::test {
 
 std::string SourcePath(const std::string& rel) { return std::string(S0_SOURCE_DIR) + "/" + rel; }
@@ -15,7 +17,13 @@ std::string SharedPath(const std::string& rel) {
 
 std::string TempDir(const std::string& name) {
   namespace fs = std::filesystem;
-  fs::path p = fs::path(S0_BINARY_DIR) / "test_tmp" / name;
+  // Under the running test's own directory: ctest runs tests in parallel processes, and two
+  // tests asking for the same name must not share (and delete) each other's files.
+  fs::path p = fs::path(S0_BINARY_DIR) / "test_tmp";
+  if (const auto* info = ::testing::UnitTest::GetInstance()->current_test_info()) {
+    p /= std::string(info->test_suite_name()) + "." + info->name();
+  }
+  p /= name;
   fs::remove_all(p);
   fs::create_directories(p);
   return p.string();

@@ -9,7 +9,8 @@ namespace s0::test {
 std::string SourcePath(const std::string& rel);
 // ../shared beside the checkout (or $S0_SHARED_DIR): SharedPath("data/humaneval/...").
 std::string SharedPath(const std::string& rel);
-// A fresh empty directory for this test (under the build tree), removed and recreated each call.
+// A fresh empty directory for this test (build tree, under the running test's name), removed and
+// recreated each call.
 std::string TempDir(const std::string& name);
 
 }  // namespace s0::test
