@@ -10,6 +10,7 @@
 #include <array>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -349,47 +350,96 @@ class AddedMatcher {
 
 // ---------------------------------------------------------------------------------------------
 // Pre-token -> ids, shared by all threads. Sharded so that concurrent Encode calls rarely wait
-// on one lock; a full shard is emptied at once rather than evicted piece by piece, which keeps
-// the common case (a hit) a single lock and lookup.
+// on one lock. Each shard is an open-addressing table of (hash, arena offset, lengths) over one
+// arena that holds every entry's key bytes followed by its ids: a hit touches one slot and one
+// arena span instead of a node-based map's chain of allocations. A full shard is emptied at once
+// rather than evicted entry by entry, so its arena never fragments.
 
 class PreTokenCache {
  public:
-  explicit PreTokenCache(size_t capacity) : per_shard_(std::max<size_t>(1, capacity / kShards)) {}
+  // Keys are at most kMaxKeyBytes bytes; their BPE gives at most as many ids as bytes.
+  static constexpr size_t kMaxKeyBytes = 64;
+
+  explicit PreTokenCache(size_t capacity)
+      : per_shard_(std::clamp<size_t>(capacity / kShards, 1, size_t{1} << 22)) {
+    size_t slots = 2;
+    while (slots < 2 * per_shard_) slots <<= 1;
+    for (Shard& shard : shards_) shard.slots.assign(slots, Slot{});
+  }
 
   // Appends the cached ids of word to out; false on a miss.
-  bool Lookup(std::string_view word, size_t hash, std::vector<int32_t>* out) const {
-    const Shard& shard = shards_[hash % kShards];
+  bool Lookup(std::string_view word, uint64_t hash, std::vector<int32_t>* out) const {
+    const Shard& shard = shards_[hash >> kShardShift];
     std::lock_guard<std::mutex> lock(shard.mu);
-    auto it = shard.map.find(word);
-    if (it == shard.map.end()) return false;
-    out->insert(out->end(), it->second.begin(), it->second.end());
+    const Slot* slot = shard.Find(word, hash);
+    if (slot->key_len == 0) return false;
+    const size_t n = out->size();
+    out->resize(n + slot->n_ids);
+    std::memcpy(out->data() + n, shard.arena.data() + slot->offset + slot->key_len,
+                slot->n_ids * sizeof(int32_t));
     return true;
   }
-  void Insert(std::string_view word, size_t hash, std::span<const int32_t> ids) {
-    Shard& shard = shards_[hash % kShards];
+
+  // word: 1..kMaxKeyBytes bytes; ids: its BPE (1..word.size() ids).
+  void Insert(std::string_view word, uint64_t hash, std::span<const int32_t> ids) {
+    Shard& shard = shards_[hash >> kShardShift];
     std::lock_guard<std::mutex> lock(shard.mu);
-    if (shard.map.size() >= per_shard_) shard.map.clear();
-    shard.map.try_emplace(std::string(word), ids.begin(), ids.end());
+    if (shard.entries >= per_shard_) shard.Reset();
+    Slot* slot = shard.Find(word, hash);
+    if (slot->key_len != 0) return;  // another thread inserted it meanwhile
+    *slot = Slot{hash, static_cast<uint32_t>(shard.arena.size()), static_cast<uint16_t>(word.size()),
+                 static_cast<uint16_t>(ids.size())};
+    shard.arena.append(word);
+    shard.arena.append(reinterpret_cast<const char*>(ids.data()), ids.size_bytes());
+    ++shard.entries;
   }
+
   void Clear() {
     for (Shard& shard : shards_) {
       std::lock_guard<std::mutex> lock(shard.mu);
-      shard.map.clear();
+      shard.Reset();
     }
   }
 
  private:
   static constexpr size_t kShards = 16;
+  static constexpr int kShardShift = 60;  // the hash's top 4 bits pick the shard, low bits the slot
+  struct Slot {
+    uint64_t hash = 0;
+    uint32_t offset = 0;   // of the key in the arena; the ids follow it
+    uint16_t key_len = 0;  // 0: empty slot (keys are never empty)
+    uint16_t n_ids = 0;
+  };
   struct Shard {
     mutable std::mutex mu;
-    StringMap<std::vector<int32_t>> map;
+    std::vector<Slot> slots;  // a power of two, at least twice the entries
+    std::string arena;
+    size_t entries = 0;
+
+    // The slot holding word, or the empty slot where it would go.
+    template <typename Self>
+    static auto* FindIn(Self& self, std::string_view word, uint64_t hash) {
+      const size_t mask = self.slots.size() - 1;
+      for (size_t i = hash & mask;; i = (i + 1) & mask) {
+        auto& slot = self.slots[i];
+        if (slot.key_len == 0) return &slot;
+        if (slot.hash == hash && slot.key_len == word.size() &&
+            std::memcmp(self.arena.data() + slot.offset, word.data(), word.size()) == 0) {
+          return &slot;
+        }
+      }
+    }
+    const Slot* Find(std::string_view word, uint64_t hash) const { return FindIn(*this, word, hash); }
+    Slot* Find(std::string_view word, uint64_t hash) { return FindIn(*this, word, hash); }
+    void Reset() {
+      std::fill(slots.begin(), slots.end(), Slot{});
+      arena.clear();
+      entries = 0;
+    }
   };
   size_t per_shard_;
   std::array<Shard, kShards> shards_;
 };
-
-// Longer pre-tokens are rare and seldom repeat; caching them would only churn the cache.
-constexpr size_t kMaxCachedWordBytes = 64;
 
 struct RegexFree {
   void operator()(pcre2_code* re) const { pcre2_code_free(re); }
@@ -430,6 +480,7 @@ struct Tokenizer::Impl {
   bool nfc = false;
   bool ignore_merges = false;
   Regex split;
+  bool split_jit = false;
   std::array<int32_t, 256> byte_ids{};
   std::array<std::string, 256> byte_symbols;  // UTF-8 of each byte's ByteLevel symbol
   MergeTable merges;
@@ -480,7 +531,10 @@ void Tokenizer::Impl::EncodeNormalized(std::string_view text, Scratch& s, std::v
   const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
   size_t piece = 0, search = 0;
   while (search < text.size()) {
-    const int rc = pcre2_match(split.get(), subject, text.size(), search, 0, s.match.get(), nullptr);
+    // pcre2_jit_match skips pcre2_match's per-call checks: measurable at one call per pre-token.
+    const int rc = split_jit
+                       ? pcre2_jit_match(split.get(), subject, text.size(), search, 0, s.match.get(), nullptr)
+                       : pcre2_match(split.get(), subject, text.size(), search, 0, s.match.get(), nullptr);
     // Beyond "no match", pcre2 fails only on resource limits; the rest of the span then stays
     // one pre-token, which BPE still encodes losslessly.
     if (rc < 0) break;
@@ -505,11 +559,12 @@ void Tokenizer::Impl::EncodeWord(std::string_view word, Scratch& s, std::vector<
     out->push_back(byte_ids[Bytes(word)[0]]);
     return;
   }
-  if (!cache || word.size() > kMaxCachedWordBytes) {
+  // Longer pre-tokens are rare and seldom repeat; caching them would only churn the cache.
+  if (!cache || word.size() > PreTokenCache::kMaxKeyBytes) {
     Bpe(word, s, out);
     return;
   }
-  const size_t hash = StringHash{}(word);
+  const uint64_t hash = StringHash{}(word);
   if (cache->Lookup(word, hash, out)) return;
   s.word_ids.clear();
   Bpe(word, s, &s.word_ids);
@@ -664,8 +719,6 @@ Result<Regex> CompileSplit(const SplitPattern& pattern) {
     return Status::InvalidArgument("split pattern: " + std::string(reinterpret_cast<char*>(msg)) +
                                    " at offset " + std::to_string(offset));
   }
-  // JIT is only a speed-up: where it is unavailable pcre2_match interprets, with equal results.
-  (void)pcre2_jit_compile(re.get(), PCRE2_JIT_COMPLETE);
   return re;
 }
 
@@ -875,6 +928,8 @@ Status Tokenizer::Impl::Build(const json& doc, const TokenizerOptions& opts) {
   S0_ASSIGN_OR_RETURN(SplitPattern pattern, ParsePreTokenizer(doc));
   if (opts.split_regex) pattern = SplitPattern{*opts.split_regex, false};
   S0_ASSIGN_OR_RETURN(split, CompileSplit(pattern));
+  // JIT is only a speed-up: where it is unavailable pcre2_match interprets, with equal results.
+  split_jit = pcre2_jit_compile(split.get(), PCRE2_JIT_COMPLETE) == 0;
   S0_RETURN_IF_ERROR(CheckDecoder(doc));
   auto model = doc.find("model");
   if (model == doc.end() || !model->is_object()) return Bad("model: missing or not an object");
