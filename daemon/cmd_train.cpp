@@ -8,16 +8,12 @@
 #include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
-#include <sstream>
+#include <numeric>
 
 #include "checkpoints/state_dir.h"
 #include "daemon/commands.h"
+#include "daemon/train_setup.h"
 #include "kernels/parallel.h"
-#include "worker/dataset.h"
-#include "worker/model_config.h"
-#include "worker/qwen35_model.h"
-#include "worker/qwen35_weights.h"
-#include "worker/tokenizer.h"
 #include "worker/trainer.h"
 
 namespace s0::cli {
@@ -40,101 +36,18 @@ struct TrainArgs {
   std::string precision = "fp64";
 };
 
-// The full-batch gradient of the CPU engine in arithmetic Real (states and Adam stay fp32).
-template <typename Real>
-GradientFn CpuGradient(const Qwen35Model<Real>& model, const std::vector<TokenExample>& examples,
-                       bool tty) {
-  return [&model, &examples, tty](const StateMap<float>& states,
-                                  StateMap<float>& grads) -> Result<double> {
-    StateMap<Real> s, g;
-    for (const auto& [l, v] : states) s[l].assign(v.begin(), v.end());
-    for (const auto& [l, v] : grads) g[l].assign(v.size(), Real(0));
-    const double inv_n = 1.0 / double(examples.size());
-    double loss = 0;
-    for (size_t i = 0; i < examples.size(); ++i) {
-      loss += model.LossAndGrad(examples[i], s, inv_n, g);
-      if (tty) std::fprintf(stderr, "\r\033[K  example %zu/%zu", i + 1, examples.size());
-    }
-    for (auto& [l, v] : grads) {
-      for (size_t i = 0; i < v.size(); ++i) v[i] = float(g[l][i]);
-    }
-    return loss * inv_n;
-  };
-}
-
-// "all", "early", "middle", "late" (thirds of the DeltaNet layers, as in the paper's ablation),
-// or a comma-separated list of DeltaNet layer indices.
-Result<std::vector<int>> ParseLayers(const std::string& spec, const std::vector<int>& delta) {
-  const size_t n = delta.size();
-  if (spec == "all") return delta;
-  if (spec == "early" || spec == "middle" || spec == "late") {
-    const size_t part = spec == "early" ? 0 : spec == "middle" ? 1 : 2;
-    std::vector<int> out(delta.begin() + long(part * n / 3), delta.begin() + long((part + 1) * n / 3));
-    if (out.empty()) return Status::InvalidArgument("--layers " + spec + ": no layers in that third");
-    return out;
-  }
-  std::vector<int> out;
-  std::stringstream ss(spec);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    char* end = nullptr;
-    long v = std::strtol(item.c_str(), &end, 10);
-    if (item.empty() || *end != '\0' || std::find(delta.begin(), delta.end(), int(v)) == delta.end())
-      return Status::InvalidArgument("--layers: '" + item + "' is not a DeltaNet layer index");
-    out.push_back(int(v));
-  }
-  std::sort(out.begin(), out.end());
-  if (std::adjacent_find(out.begin(), out.end()) != out.end())
-    return Status::InvalidArgument("--layers: a layer is listed twice");
-  return out;
-}
-
-std::string Hex64(uint64_t v) {
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
-  return buf;
-}
-
-uint64_t DataFingerprint(const std::vector<TokenExample>& examples) {
-  uint64_t h = 1469598103934665603ull;
-  auto mix = [&](uint64_t x) {
-    for (int i = 0; i < 8; ++i) {
-      h ^= (x >> (8 * i)) & 0xff;
-      h *= 1099511628211ull;
-    }
-  };
-  for (const TokenExample& e : examples) {
-    mix(uint64_t(e.prompt_len));
-    mix(e.ids.size());
-    for (int32_t id : e.ids) mix(uint32_t(id));
-  }
-  return h;
-}
-
 Status RunTrain(const TrainArgs& a, int* exit_code) {
   if (a.threads > 0) SetNumThreads(a.threads);
-  S0_ASSIGN_OR_RETURN(Qwen35Config config, LoadQwen35Config(a.model));
-  S0_ASSIGN_OR_RETURN(TensorStore store, TensorStore::Open(a.model));
-  S0_ASSIGN_OR_RETURN(Qwen35Weights weights, LoadQwen35Weights(store, config, WeightFormat::kFloat32));
-  S0_ASSIGN_OR_RETURN(uint64_t fingerprint, Qwen35Fingerprint(store, config));
-  std::optional<Tokenizer> tokenizer;
-  if (std::filesystem::exists(a.model + "/tokenizer.json")) {
-    S0_ASSIGN_OR_RETURN(Tokenizer t, Tokenizer::Load(a.model));
-    tokenizer.emplace(std::move(t));
-  }
-  DatasetOptions dopt;
-  dopt.max_length = a.hp.max_length;
-  dopt.vocab_size = config.vocab_size;
-  S0_ASSIGN_OR_RETURN(std::vector<TokenExample> examples,
-                      LoadJsonlExamples(a.data, tokenizer ? &*tokenizer : nullptr, dopt));
-  std::optional<Qwen35Model<float>> model32;
-  std::optional<Qwen35Model<double>> model64;
-  if (a.precision == "fp64") {
-    model64.emplace(config, weights);
-  } else {
-    model32.emplace(config, weights);
-  }
-  const std::vector<int>& delta_layers = model64 ? model64->delta_layers() : model32->delta_layers();
+  SetupOptions so;
+  so.model_dir = a.model;
+  so.data_path = a.data;
+  so.max_length = a.hp.max_length;
+  S0_ASSIGN_OR_RETURN(so.precision, ParsePrecision(a.precision));
+  S0_ASSIGN_OR_RETURN(std::unique_ptr<TrainingSetup> setup, TrainingSetup::Load(so));
+  const std::vector<TokenExample>& examples = setup->examples();
+  std::vector<size_t> all(examples.size());
+  std::iota(all.begin(), all.end(), size_t(0));
+  const std::vector<int>& delta_layers = setup->delta_layers();
   S0_ASSIGN_OR_RETURN(std::vector<int> layers, ParseLayers(a.layers, delta_layers));
 
   TrainOptions opt;
@@ -145,9 +58,8 @@ Status RunTrain(const TrainArgs& a, int* exit_code) {
   opt.history_every = a.history_every;
   opt.checkpoint_every = a.checkpoint_every;
   opt.seed = a.seed;
-  const std::vector<int64_t> shape = {config.linear_num_value_heads, config.linear_key_head_dim,
-                                      config.linear_value_head_dim};
-  nlohmann::json extra = {{"data_fingerprint", Hex64(DataFingerprint(examples))},
+  const std::vector<int64_t> shape = setup->state_shape();
+  nlohmann::json extra = {{"data_fingerprint", Hex64(DataFingerprint(examples, all))},
                           {"precision", a.precision},
                           {"n_examples", examples.size()},
                           {"arch", kArchGatedDeltaNet}};
@@ -155,7 +67,7 @@ Status RunTrain(const TrainArgs& a, int* exit_code) {
   session.run_path = a.out + "/run.h5";
   session.header.created_by = "s0 train 0.1.0";
   session.header.config_json = TrainConfigJson(opt, extra.dump());
-  session.header.model_fingerprint = Hex64(fingerprint);
+  session.header.model_fingerprint = Hex64(setup->model_fingerprint());
   session.header.state_layers = layers;
   session.header.state_shape = shape;
   session.resume = a.resume;
@@ -172,8 +84,13 @@ Status RunTrain(const TrainArgs& a, int* exit_code) {
   std::filesystem::create_directories(a.out, ec);
   if (ec) return Status::IOError(a.out + ": " + ec.message());
 
-  GradientFn gradient =
-      model64 ? CpuGradient(*model64, examples, tty) : CpuGradient(*model32, examples, tty);
+  GradientOptions gopt;
+  if (tty) {
+    gopt.on_example = [](size_t done, size_t total) {
+      std::fprintf(stderr, "\r\033[K  example %zu/%zu", done, total);
+    };
+  }
+  GradientFn gradient = setup->Gradient(all, gopt);
   std::signal(SIGINT, OnStopSignal);
   std::signal(SIGTERM, OnStopSignal);
   std::fprintf(stderr, "s0 train: %zu examples, %zu of %zu DeltaNet layers, state %lldx%lldx%lld, %lld steps%s\n",
@@ -190,19 +107,9 @@ Status RunTrain(const TrainArgs& a, int* exit_code) {
     *exit_code = kExitInterrupted;
     return Status::Ok();
   }
-  StateDir sd;
-  sd.arch = kArchGatedDeltaNet;
-  sd.recurrent_layers = delta_layers;
-  sd.state_shape = shape;
-  for (size_t l = 0; l < layers.size(); ++l) sd.states[layers[l]] = result.states[l];
-  sd.config = opt.hp;
-  S0_RETURN_IF_ERROR(WriteStateDir(a.out, sd));
+  S0_RETURN_IF_ERROR(WriteTrainedStates(a.out, *setup, opt, result.states));
   double norm_sum = 0;
-  for (const auto& s : result.states) {
-    double q = 0;
-    for (float x : s) q += double(x) * x;
-    norm_sum += std::sqrt(q);
-  }
+  for (double n : StateNorms(result.states)) norm_sum += n;
   std::printf("trained %lld steps: final loss %.6f, mean state norm %.6f\n"
               "  states:   %s/states.safetensors (+ meta.json, config.json)\n"
               "  run file: %s\n",

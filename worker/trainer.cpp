@@ -53,52 +53,71 @@ Result<TrainResult> TrainS0(const TrainOptions& options, const TrainSession& ses
   const size_t n_layers = options.layers.size();
   TrainResult result;
 
-  // Start fresh, or continue from the last good committed run file.
+  // Start fresh, or continue from the last good committed run file. A follower (no run path)
+  // starts from zero here and takes the leader's state from sync_start.
+  const bool writes = !session.run_path.empty();
   OptimizerState opt;
+  opt.step = 0;
+  opt.s0.assign(n_layers, std::vector<float>(numel, 0.0f));
+  opt.exp_avg = opt.s0;
+  opt.exp_avg_sq = opt.s0;
   std::vector<StepMetrics> past_metrics;
   std::optional<RunFile> run;
-  const bool have_file = std::filesystem::exists(session.run_path) ||
-                         std::filesystem::exists(PrevRunFilePath(session.run_path));
-  if (session.resume && have_file) {
-    S0_ASSIGN_OR_RETURN(LoadedRunFile loaded, LoadLatestGood(session.run_path));
-    const RunFileContents& c = loaded.contents;
-    S0_RETURN_IF_ERROR(CheckFingerprint(c, header.model_fingerprint));
-    if (c.header.config_json != header.config_json) {
-      return Status::InvalidArgument(loaded.path + ": the run file was written with another "
-                                     "configuration; refusing to resume (recorded " +
-                                     c.header.config_json + ", now " + header.config_json + ")");
+  auto establish = [&]() -> Status {
+    if (!writes) return Status::Ok();
+    const bool have_file = std::filesystem::exists(session.run_path) ||
+                           std::filesystem::exists(PrevRunFilePath(session.run_path));
+    if (session.resume && have_file) {
+      S0_ASSIGN_OR_RETURN(LoadedRunFile loaded, LoadLatestGood(session.run_path));
+      const RunFileContents& c = loaded.contents;
+      S0_RETURN_IF_ERROR(CheckFingerprint(c, header.model_fingerprint));
+      if (c.header.config_json != header.config_json) {
+        return Status::InvalidArgument(loaded.path + ": the run file was written with another "
+                                       "configuration; refusing to resume (recorded " +
+                                       c.header.config_json + ", now " + header.config_json + ")");
+      }
+      if (c.header.state_layers != header.state_layers ||
+          c.header.state_shape != header.state_shape) {
+        return Status::InvalidArgument(loaded.path + ": the run file's layers or state shape differ");
+      }
+      S0_ASSIGN_OR_RETURN(RunFile restored, RunFile::Restore(c));
+      run.emplace(std::move(restored));
+      opt = c.optimizer;
+      past_metrics = c.metrics;
+      result.resumed = true;
+      result.resumed_from = loaded.path + (loaded.from_prev ? " (" + loaded.reason + ")" : "");
+      return Status::Ok();
     }
-    if (c.header.state_layers != header.state_layers || c.header.state_shape != header.state_shape) {
-      return Status::InvalidArgument(loaded.path + ": the run file's layers or state shape differ");
-    }
-    S0_ASSIGN_OR_RETURN(RunFile restored, RunFile::Restore(c));
-    run.emplace(std::move(restored));
-    opt = c.optimizer;
-    past_metrics = c.metrics;
-    result.resumed = true;
-    result.resumed_from = loaded.path + (loaded.from_prev ? " (" + loaded.reason + ")" : "");
-  } else {
     if (!session.resume && have_file) {
       return Status::InvalidArgument(session.run_path + " exists; pass --resume to continue it "
                                      "or choose another output directory");
     }
     S0_ASSIGN_OR_RETURN(RunFile created, RunFile::Create(header));
     run.emplace(std::move(created));
-    opt.step = 0;
-    opt.s0.assign(n_layers, std::vector<float>(numel, 0.0f));
-    opt.exp_avg = opt.s0;
-    opt.exp_avg_sq = opt.s0;
+    return Status::Ok();
+  };
+  Status started = establish();
+  if (session.sync_start) started = session.sync_start(started, opt);
+  S0_RETURN_IF_ERROR(started);
+  for (const LayerStates* t : {&opt.s0, &opt.exp_avg, &opt.exp_avg_sq}) {
+    bool fits = t->size() == n_layers;
+    for (size_t l = 0; fits && l < n_layers; ++l) fits = (*t)[l].size() == numel;
+    if (!fits) return Status::Internal("the starting state does not have the run's layers and shape");
   }
   AdamState adam{opt.step, opt.exp_avg, opt.exp_avg_sq};
   LayerStates& s0 = opt.s0;
   const AdamConfig adam_config{options.hp.lr, 0.9, 0.999, 1e-8};
   const double train_alpha = options.alpha_in_training ? InferenceAlphaDefault(options.hp) : 1.0;
   const double wall_base = past_metrics.empty() ? 0.0 : past_metrics.back().wall_time_s;
-  if (!past_metrics.empty()) result.final_loss = past_metrics.back().loss;
+  if (!past_metrics.empty()) {
+    result.final_loss = past_metrics.back().loss;
+    result.wall_time_s = wall_base;
+  }
   const auto t0 = std::chrono::steady_clock::now();
   int64_t committed = opt.step;
 
   auto commit = [&](int64_t step) -> Status {
+    if (!writes) return Status::Ok();
     S0_RETURN_IF_ERROR(run->SetOptimizer(step, ViewOf(s0), ViewOf(adam.exp_avg), ViewOf(adam.exp_avg_sq)));
     S0_RETURN_IF_ERROR(run->Commit(session.run_path));
     committed = step;
@@ -106,8 +125,14 @@ Result<TrainResult> TrainS0(const TrainOptions& options, const TrainSession& ses
   };
 
   int64_t done_here = 0;
-  for (int64_t step = opt.step + 1; step <= options.hp.n_steps; ++step) {
-    if (session.stop && session.stop->load()) {
+  for (int64_t step = opt.step + 1;; ++step) {
+    StepBoundary boundary{step, options.hp.n_steps, session.stop && session.stop->load(), &s0};
+    bool stop = boundary.stop_requested;
+    if (session.at_boundary) {
+      S0_ASSIGN_OR_RETURN(stop, session.at_boundary(boundary));
+    }
+    if (step > options.hp.n_steps) break;
+    if (stop) {
       result.interrupted = true;
       break;
     }
@@ -152,13 +177,16 @@ Result<TrainResult> TrainS0(const TrainOptions& options, const TrainSession& ses
     const double elapsed =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     m.wall_time_s = wall_base + elapsed;
-    S0_RETURN_IF_ERROR(run->AppendMetrics(m));
     const bool last = step == options.hp.n_steps;
-    if (step % options.history_every == 0 || last) {
-      S0_RETURN_IF_ERROR(run->AppendSnapshot(step, ViewOf(s0)));
+    if (writes) {
+      S0_RETURN_IF_ERROR(run->AppendMetrics(m));
+      if (step % options.history_every == 0 || last) {
+        S0_RETURN_IF_ERROR(run->AppendSnapshot(step, ViewOf(s0)));
+      }
     }
     if (step % options.checkpoint_every == 0 || last) S0_RETURN_IF_ERROR(commit(step));
     result.final_loss = loss;
+    result.wall_time_s = m.wall_time_s;
     if (session.on_step) {
       session.on_step({step, options.hp.n_steps, loss, grad_norm, elapsed, done_here});
     }
@@ -166,7 +194,9 @@ Result<TrainResult> TrainS0(const TrainOptions& options, const TrainSession& ses
   // A stop between checkpoints still leaves every finished step committed.
   if (adam.step > committed) S0_RETURN_IF_ERROR(commit(adam.step));
   // A run created and stopped before its first step still leaves a file to resume from.
-  if (adam.step == 0 && !std::filesystem::exists(session.run_path)) S0_RETURN_IF_ERROR(commit(0));
+  if (writes && adam.step == 0 && !std::filesystem::exists(session.run_path)) {
+    S0_RETURN_IF_ERROR(commit(0));
+  }
   result.steps_done = adam.step;
   result.states = std::move(s0);
   return result;

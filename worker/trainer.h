@@ -10,6 +10,11 @@
 // (one process, or a shard plus an all-reduce across ranks). The loop owns the optimizer, the
 // metrics and the HDF5 run file; commits are atomic, and a run resumed from its run file
 // finishes with states bit-identical to an uninterrupted one.
+//
+// Data-parallel groups run this same loop on every rank: the leader reads and writes the run
+// file; followers (TrainSession::run_path empty) touch no file and take the leader's starting
+// point through TrainSession::sync_start; TrainSession::at_boundary makes every rank stop at the
+// same step. With identical gradients every rank then takes identical Adam steps.
 #pragma once
 
 #include <atomic>
@@ -55,18 +60,41 @@ struct StepReport {
 struct TrainResult {
   LayerStates states;  // final S0 per tuned layer, options.layers order
   double final_loss = 0;  // loss of the last step (before its update), as the library reports
+  double wall_time_s = 0;  // training time over every session of the run (the run file's)
   int64_t steps_done = 0;
   bool interrupted = false;  // stopped by the stop flag at a step boundary
   bool resumed = false;
   std::string resumed_from;  // the run file a resume loaded (may be <path>.prev)
 };
 
+// A step boundary: before each step, and once after the last one (next_step == n_steps + 1).
+struct StepBoundary {
+  int64_t next_step = 0;
+  int64_t n_steps = 0;
+  bool stop_requested = false;  // this process's TrainSession::stop
+  const LayerStates* states = nullptr;  // S0 as it stands at the boundary
+};
+
 struct TrainSession {
-  std::string run_path;          // HDF5 run file
+  // HDF5 run file. Empty: this process neither reads nor writes one (a data-parallel follower;
+  // its starting point then comes from sync_start).
+  std::string run_path;
   RunHeader header;              // layers, shape, fingerprint, config_json
   bool resume = false;           // continue from run_path when it exists
-  const std::atomic<bool>* stop = nullptr;  // checked between steps
+  const std::atomic<bool>* stop = nullptr;  // read at every step boundary
   std::function<void(const StepReport&)> on_step;
+
+  // Data-parallel groups; both null for one process. Every rank of a group calls TrainS0 with
+  // the same options, so the calls below line up across the ranks.
+  // Called once on every rank before the first boundary with the outcome of establishing the
+  // starting point here (the leader: loading or creating the run; followers: always ok, zero
+  // state) and that state; replaces it with the leader's on every rank, or returns the leader's
+  // error on every rank.
+  std::function<Status(const Status& local, OptimizerState& start)> sync_start;
+  // Called at every step boundary; returns whether to stop there (the group's decision), or an
+  // error that ends training. Null: stop when stop_requested. At the boundary after the last
+  // step the answer only matters as an error: training is complete either way.
+  std::function<Result<bool>(const StepBoundary& boundary)> at_boundary;
 };
 
 // Runs (or resumes) training to options.hp.n_steps.

@@ -241,5 +241,89 @@ TEST(Trainer, AlphaInTrainingScalesTheForwardState) {
   }
 }
 
+TEST(Trainer, BoundaryHookSeesEveryBoundaryAndDecidesTheStop) {
+  FixtureModel& s = Shared();
+  TrainOptions o = Options(1.0, 3);
+  std::vector<int64_t> seen;
+  TrainSession all = Session(o, test::TempDir("boundary_all") + "/run.h5");
+  all.at_boundary = [&](const StepBoundary& b) -> Result<bool> {
+    seen.push_back(b.next_step);
+    EXPECT_EQ(b.n_steps, 3);
+    EXPECT_EQ(b.states->size(), o.layers.size());
+    return false;
+  };
+  auto r = TrainS0(o, all, FullBatch(s));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(seen, (std::vector<int64_t>{1, 2, 3, 4}));  // before each step and after the last
+  EXPECT_FALSE(r->interrupted);
+  EXPECT_GT(r->wall_time_s, 0.0);
+
+  // The hook overrides the local flag: stop before step 3 although nothing was signalled.
+  TrainSession stop_at_3 = Session(o, test::TempDir("boundary_stop") + "/run.h5");
+  std::atomic<bool> local{true};
+  stop_at_3.stop = &local;
+  stop_at_3.at_boundary = [](const StepBoundary& b) -> Result<bool> { return b.next_step == 3; };
+  auto stopped = TrainS0(o, stop_at_3, FullBatch(s));
+  ASSERT_TRUE(stopped.ok());
+  EXPECT_TRUE(stopped->interrupted);
+  EXPECT_EQ(stopped->steps_done, 2);
+
+  TrainSession failing = Session(o, test::TempDir("boundary_error") + "/run.h5");
+  failing.at_boundary = [](const StepBoundary& b) -> Result<bool> {
+    if (b.next_step == 2) return Status::Unavailable("peer lost");
+    return false;
+  };
+  auto err = TrainS0(o, failing, FullBatch(s));
+  ASSERT_FALSE(err.ok());
+  EXPECT_EQ(err.status().message(), "peer lost");
+}
+
+TEST(Trainer, FollowerStartsFromTheLeadersStateAndWritesNothing) {
+  FixtureModel& s = Shared();
+  TrainOptions o = Options(1.0, 4);
+  auto full = TrainS0(o, Session(o, test::TempDir("follower_ref") + "/run.h5"), FullBatch(s));
+  ASSERT_TRUE(full.ok());
+  // The leader stopped after step 2; a follower picks up from what it committed.
+  const std::string leader_path = test::TempDir("follower_leader") + "/run.h5";
+  std::atomic<bool> stop{false};
+  TrainSession leader = Session(o, leader_path);
+  leader.stop = &stop;
+  leader.on_step = [&](const StepReport& r) { stop = r.step == 2; };
+  ASSERT_TRUE(TrainS0(o, leader, FullBatch(s)).ok());
+  auto committed = LoadLatestGood(leader_path);
+  ASSERT_TRUE(committed.ok());
+
+  const std::string follower_dir = test::TempDir("follower");
+  TrainSession follower = Session(o, "");
+  follower.resume = true;
+  bool synced = false;
+  follower.sync_start = [&](const Status& local, OptimizerState& start) -> Status {
+    EXPECT_TRUE(local.ok());
+    EXPECT_EQ(start.step, 0);  // a follower starts from zero until told otherwise
+    start = committed->contents.optimizer;
+    synced = true;
+    return Status::Ok();
+  };
+  // Run in an empty working directory: a relative write would land there.
+  const std::filesystem::path cwd = std::filesystem::current_path();
+  std::filesystem::current_path(follower_dir);
+  auto r = TrainS0(o, follower, FullBatch(s));
+  std::filesystem::current_path(cwd);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_TRUE(synced);
+  EXPECT_EQ(r->steps_done, 4);
+  std::vector<float> got = Flatten(r->states), want = Flatten(full->states);
+  EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0);
+  EXPECT_TRUE(std::filesystem::is_empty(follower_dir));
+
+  TrainSession refused = Session(o, "");
+  refused.sync_start = [](const Status&, OptimizerState&) -> Status {
+    return Status::InvalidArgument("the group leader could not start the run: disk full");
+  };
+  auto e = TrainS0(o, refused, FullBatch(s));
+  ASSERT_FALSE(e.ok());
+  EXPECT_NE(e.status().message().find("disk full"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace s0

@@ -1,0 +1,40 @@
+// Checked (de)serialization of the protobuf messages of proto/: everything that crosses MPI or
+// comes off disk goes through here before use. A message is accepted only when it is at most
+// kMaxMessageBytes, parses completely, and carries version == kProtocolVersion; errors name what
+// was being read (`what`) and the reason.
+#pragma once
+
+#include <google/protobuf/message.h>
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+#include "kernels/status.h"
+
+namespace s0 {
+
+inline constexpr uint32_t kProtocolVersion = 1;
+// Limit for one control message and for a file read by ReadSmallFile (job specs, done markers,
+// job.json): far above any real message, far below anything that could exhaust memory.
+inline constexpr size_t kMaxMessageBytes = size_t(1) << 20;
+
+// Binary wire form. Every message of proto/ has `uint32 version` as field 1.
+std::string EncodeMessage(const google::protobuf::Message& m);
+// Parses `bytes` into `out` (cleared first) and checks the size limit and the version.
+Status DecodeMessage(std::string_view bytes, google::protobuf::Message* out, const std::string& what);
+
+// Text forms (job specs, job.json, done markers, summaries). `json` selects JSON, else the
+// protobuf text format. Unknown fields are errors; parse errors carry line:column.
+Status ParseTextMessage(std::string_view text, bool json, google::protobuf::Message* out,
+                        const std::string& what, size_t limit = kMaxMessageBytes);
+// JSON with every field printed (defaults included), two-space indented.
+std::string ToJson(const google::protobuf::Message& m);
+
+// Reads a whole file of at most `limit` bytes. NotFound, IOError, or InvalidArgument when larger.
+Result<std::string> ReadSmallFile(const std::string& path, size_t limit = kMaxMessageBytes);
+// Writes `text` to `path` atomically: temp file in the same directory, fsync, rename, fsync of the
+// directory. A crash leaves the old file or the new one.
+Status WriteFileAtomic(const std::string& path, const std::string& text);
+
+}  // namespace s0
