@@ -8,6 +8,7 @@
 #include <optional>
 #include <random>
 #include <sstream>
+#include <type_traits>
 
 #include "checkpoints/state_dir.h"
 #include "worker/dataset.h"
@@ -86,31 +87,39 @@ Result<double> ShardGradient(const Qwen35Model<Real>& model, const std::vector<T
   const double inv_n = 1.0 / double(n);
   const size_t rank = options.group ? size_t(options.group->rank()) : 0;
   const size_t size = options.group ? size_t(options.group->size()) : 1;
+  // One fused buffer: every layer's gradient (layer order), then the loss sum; in double, so that
+  // the sum does not depend on how the examples are split. (fp32 partial sums would, and Adam
+  // turns such rounding differences into full-size steps where a gradient is near zero.)
+  std::vector<double> fused(total + 1, 0.0);
   double loss = 0;
   size_t done = 0;
   for (size_t p = rank; p < n; p += size) {
-    loss += model.LossAndGrad(examples[subset[p]], s, inv_n, g);
+    if constexpr (std::is_same_v<Real, double>) {
+      loss += model.LossAndGrad(examples[subset[p]], s, inv_n, g);
+    } else {  // each example's gradient alone in fp32, then added in double
+      for (auto& [l, v] : g) std::fill(v.begin(), v.end(), Real(0));
+      loss += model.LossAndGrad(examples[subset[p]], s, inv_n, g);
+      size_t at = 0;
+      for (const auto& [l, v] : g) {
+        for (Real x : v) fused[at++] += double(x);
+      }
+    }
     if (options.on_example) options.on_example(++done, (n - rank + size - 1) / size);
   }
-  if (size > 1) {
-    // One fused buffer: every layer's gradient (layer order), then the loss sum.
-    std::vector<Real> fused;
-    fused.reserve(total + 1);
-    for (const auto& [l, v] : g) fused.insert(fused.end(), v.begin(), v.end());
-    fused.push_back(Real(loss));
-    S0_RETURN_IF_ERROR(options.group->AllReduceSum(std::span<Real>(fused)));
+  if constexpr (std::is_same_v<Real, double>) {
     size_t at = 0;
-    for (auto& [l, v] : g) {
-      std::copy(fused.begin() + long(at), fused.begin() + long(at + v.size()), v.begin());
+    for (const auto& [l, v] : g) {
+      std::copy(v.begin(), v.end(), fused.begin() + long(at));
       at += v.size();
     }
-    loss = double(fused.back());
   }
+  fused.back() = loss;
+  if (size > 1) S0_RETURN_IF_ERROR(options.group->AllReduceSum(std::span<double>(fused)));
+  size_t at = 0;
   for (auto& [l, v] : grads) {
-    const std::vector<Real>& src = g[l];
-    for (size_t i = 0; i < v.size(); ++i) v[i] = float(src[i]);
+    for (float& x : v) x = float(fused[at++]);
   }
-  return loss * inv_n;
+  return fused.back() * inv_n;
 }
 
 }  // namespace

@@ -31,8 +31,8 @@ struct SetupOptions {
 
 struct GradientOptions {
   // A data-parallel group: rank r of G computes the examples at positions p of the run's list
-  // with p % G == r, each weighted 1/N (N = the list's length), then one fused all-reduce (sum)
-  // of every layer's gradient and the loss. Null: this process computes every example.
+  // with p % G == r, each weighted 1/N (N = the list's length), then one fused all-reduce (sum,
+  // double) of every layer's gradient and the loss. Null: this process computes every example.
   GroupComm* group = nullptr;
   // Called after each example this process computes (progress display; on rank 0, the
   // coordinator's pump). `done` counts this process's examples of the step.
@@ -53,9 +53,9 @@ class TrainingSetup {
   Precision precision() const { return options_.precision; }
 
   // The mean loss and mean gradient over examples()[i] for i in `subset` (positions in `subset`
-  // order; see GradientOptions for the split). The per-example gradients are accumulated in the
-  // engine's arithmetic and rounded to fp32 once, after the all-reduce, so one process and a
-  // group of any size agree up to summation order. `subset` must be non-empty.
+  // order; see GradientOptions for the split). Gradients are summed over examples in double (the
+  // fp32 engine's per example) and rounded to fp32 once, after the all-reduce, so one process and
+  // a group of any size agree up to double summation order. `subset` must be non-empty.
   GradientFn Gradient(std::vector<size_t> subset, GradientOptions options) const;
 
  private:

@@ -80,7 +80,8 @@ struct SpecOptions {
   int group_size = 1;
   int n_steps = 6;
   double stall_timeout_s = 60;
-  std::string extra;  // more text-format fields
+  std::string method_extra;  // more fields of `method`
+  std::string extra;         // more top-level text-format fields
 };
 
 // Writes DIR/NAME.txtpb (out_dir DIR/NAME) and returns its path.
@@ -90,7 +91,7 @@ std::string WriteSpec(const std::string& dir, const std::string& name, const std
   std::ofstream(path) << "version: 1\nname: \"" << name << "\"\nmodel: \""
                       << test::SourcePath(kFixture + "/model") << "\"\ndata: \"" << data
                       << "\"\nout_dir: \"" << name << "\"\nmethod { n_steps: " << o.n_steps
-                      << " lr: 0.01 }\nseeds: " << o.seeds << "\nsubsample: 3\nruntime { group_size: "
+                      << " lr: 0.01 " << o.method_extra << " }\nseeds: " << o.seeds << "\nsubsample: 3\nruntime { group_size: "
                       << o.group_size << " stall_timeout_s: " << o.stall_timeout_s
                       << " threads_per_rank: 1 }\n"
                       << o.extra << "\n";
@@ -308,6 +309,23 @@ TEST(RunJob, SeedsOnGroupsOfOneAndOnOneGroupOfThreeAgree) {
     ExpectStat(ls["state_norm"], norms[ls["layer"].get<int>()], "state_norm");
   }
   EXPECT_NE(Slurp(dir + "/ones/summary.txt").find("default (3 seeds): final_loss"), std::string::npos);
+}
+
+TEST(RunJob, Fp32EngineAgreesAcrossGroupSizes) {
+  const std::string dir = test::TempDir("run_job_fp32");
+  const std::string data = MakeData(dir);
+  SpecOptions o;
+  o.seeds = "[6]";
+  o.method_extra = "precision: \"fp32\"";
+  Outcome a = MpiRun(1, WriteSpec(dir, "one", data, o));
+  ASSERT_EQ(a.status, 0) << a.output;
+  o.group_size = 3;
+  Outcome b = MpiRun(3, WriteSpec(dir, "three", data, o));
+  ASSERT_EQ(b.status, 0) << b.output;
+  auto s1 = States(dir + "/one/runs/seed-6");
+  auto s3 = States(dir + "/three/runs/seed-6");
+  ASSERT_EQ(s1.size(), 4u);
+  for (const auto& [layer, v] : s1) EXPECT_LE(RelDiff(v, s3[layer]), 1e-6) << "layer " << layer;
 }
 
 TEST(RunJob, SigtermStopsEveryRankThenRerunIsByteIdentical) {
