@@ -5,100 +5,20 @@
 
 #include "kernels/check.h"
 #include "kernels/cuda_check.h"
+#include "kernels/tile_cuda.cuh"
 
 namespace s0 {
 namespace {
 
-constexpr int kThreads = 256;     // every tile kernel runs a 16 x 16 grid of threads (see Tile)
 constexpr int kMaxHeadDim = 256;
 
-// Row stride in shared memory for rows of `cols` floats: odd, so that the 16 threads walking a
-// column of a transposed operand hit 16 different banks.
-__host__ __device__ constexpr int Ld(int cols) { return cols | 1; }
-
-// A block-wide register tile of (16 TM) x (16 TN) fp32 values: thread (ty, tx) = (tid / 16,
-// tid % 16) holds rows ty + 16 i and columns tx + 16 j. Tiles with the same TM keep a row on the
-// same 16 threads (a half-warp), so per-row softmax statistics live in those threads' registers.
-template <int TM, int TN>
-struct Tile {
-  float v[TM][TN];
-
-  __device__ static int Row(int i) { return int(threadIdx.x) / 16 + 16 * i; }
-  __device__ static int Col(int j) { return int(threadIdx.x) % 16 + 16 * j; }
-
-  __device__ void Zero() {
-#pragma unroll
-    for (int i = 0; i < TM; ++i) {
-#pragma unroll
-      for (int j = 0; j < TN; ++j) v[i][j] = 0.f;
-    }
-  }
-
-  // v[m][n] += sum_{k < depth} a(m, k) b(k, n). Only m < rows, n < cols are meaningful; the
-  // other elements are computed from clamped (in-range) indices and must be ignored.
-  template <class A, class B>
-  __device__ void Mma(int rows, int cols, int depth, A a, B b) {
-    int m[TM], n[TN];
-#pragma unroll
-    for (int i = 0; i < TM; ++i) m[i] = min(Row(i), rows - 1);
-#pragma unroll
-    for (int j = 0; j < TN; ++j) n[j] = min(Col(j), cols - 1);
-#pragma unroll 2
-    for (int k = 0; k < depth; ++k) {
-      float av[TM], bv[TN];
-#pragma unroll
-      for (int i = 0; i < TM; ++i) av[i] = a(m[i], k);
-#pragma unroll
-      for (int j = 0; j < TN; ++j) bv[j] = b(k, n[j]);
-#pragma unroll
-      for (int i = 0; i < TM; ++i) {
-#pragma unroll
-        for (int j = 0; j < TN; ++j) v[i][j] = fmaf(av[i], bv[j], v[i][j]);
-      }
-    }
-  }
-
-  // f(m, n, v[m][n]) for the elements with m < rows, n < cols.
-  template <class F>
-  __device__ void ForEach(int rows, int cols, F f) const {
-#pragma unroll
-    for (int i = 0; i < TM; ++i) {
-#pragma unroll
-      for (int j = 0; j < TN; ++j) {
-        if (Row(i) < rows && Col(j) < cols) f(Row(i), Col(j), v[i][j]);
-      }
-    }
-  }
-};
-
-// The reduction of x over the 16 threads of a tile row (a half-warp).
-__device__ float RowMax(float x) {
-#pragma unroll
-  for (int offset = 8; offset > 0; offset >>= 1) {
-    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, offset));
-  }
-  return x;
-}
-__device__ float RowSum(float x) {
-#pragma unroll
-  for (int offset = 8; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
-  return x;
-}
-
-// dst[r * ld + c] = src(r, c) for r < valid, 0 for valid <= r < rows; c < cols.
-template <class Src>
-__device__ void LoadTile(float* dst, int ld, int rows, int cols, int valid, Src src) {
-  for (int idx = threadIdx.x; idx < rows * cols; idx += kThreads) {
-    const int r = idx / cols, c = idx % cols;
-    dst[r * ld + c] = r < valid ? src(r, c) : 0.f;
-  }
-}
-
-// rows floats of dst = src(r) for r < valid, 0 after.
-template <class Src>
-__device__ void LoadVector(float* dst, int rows, int valid, Src src) {
-  for (int r = threadIdx.x; r < rows; r += kThreads) dst[r] = r < valid ? src(r) : 0.f;
-}
+using tile::kThreads;  // every tile kernel runs a 16 x 16 grid of threads (see Tile)
+using tile::Ld;
+using tile::LoadTile;
+using tile::LoadVector;
+using tile::RowMax;
+using tile::RowSum;
+using tile::Tile;
 
 struct Shape {
   int64_t num_seqs;

@@ -4,108 +4,30 @@
 
 #include "kernels/check.h"
 #include "kernels/cuda_check.h"
+#include "kernels/tile_cuda.cuh"
 
 namespace s0 {
 namespace {
 
 constexpr int C = 64;             // chunk length, kGdnChunk of the CPU reference
-constexpr int kThreads = 256;     // every kernel runs a 16 x 16 grid of threads (see Tile)
 constexpr int kMaxHeadDim = 128;  // d_k, d_v: what the register tiles below cover
 constexpr int kStateCols = 32;    // value columns of the state per scan block
 constexpr int kSlab = 16;         // state rows or columns streamed through shared memory at once
 
-// Row stride in shared memory for rows of `cols` floats: odd, so that the 16 threads walking a
-// column of a transposed operand hit 16 different banks.
-__host__ __device__ constexpr int Ld(int cols) { return cols | 1; }
+// Block-level building blocks (Tile, LoadTile, Ld, kThreads): kernels/tile_cuda.cuh.
+using tile::kThreads;  // every kernel runs a 16 x 16 grid of threads (see Tile)
+using tile::Ld;
+using tile::LoadTile;
+using tile::Tile;
+
 constexpr int kLdC = Ld(C);             // [C, C] matrices
 constexpr int kLdPair = Ld(C + 1);      // [C, C + 1] decay-factor gradients
 constexpr int kLdState = Ld(kStateCols);
 constexpr int kLdSlab = Ld(kSlab);
 
 // ---------------------------------------------------------------------------------------------
-// Block-level building blocks.
-
-// A block-wide register tile of (16 TM) x (16 TN) fp32 values: thread (ty, tx) = (tid / 16,
-// tid % 16) holds rows ty + 16 i and columns tx + 16 j. Tiles with the same TM keep a row on the
-// same 16 threads (a half-warp), so tiles combine elementwise and rows reduce with shuffles.
-template <int TM, int TN>
-struct Tile {
-  float v[TM][TN];
-
-  __device__ static int Row(int i) { return int(threadIdx.x) / 16 + 16 * i; }
-  __device__ static int Col(int j) { return int(threadIdx.x) % 16 + 16 * j; }
-
-  __device__ void Zero() {
-#pragma unroll
-    for (int i = 0; i < TM; ++i) {
-#pragma unroll
-      for (int j = 0; j < TN; ++j) v[i][j] = 0.f;
-    }
-  }
-
-  // v[m][n] += sum_{k < depth} a(m, k) b(k, n). Only m < rows, n < cols are meaningful; the
-  // other elements are computed from clamped (in-range) indices and must be ignored.
-  template <class A, class B>
-  __device__ void Mma(int rows, int cols, int depth, A a, B b) {
-    int m[TM], n[TN];
-#pragma unroll
-    for (int i = 0; i < TM; ++i) m[i] = min(Row(i), rows - 1);
-#pragma unroll
-    for (int j = 0; j < TN; ++j) n[j] = min(Col(j), cols - 1);
-#pragma unroll 2
-    for (int k = 0; k < depth; ++k) {
-      float av[TM], bv[TN];
-#pragma unroll
-      for (int i = 0; i < TM; ++i) av[i] = a(m[i], k);
-#pragma unroll
-      for (int j = 0; j < TN; ++j) bv[j] = b(k, n[j]);
-#pragma unroll
-      for (int i = 0; i < TM; ++i) {
-#pragma unroll
-        for (int j = 0; j < TN; ++j) v[i][j] = fmaf(av[i], bv[j], v[i][j]);
-      }
-    }
-  }
-
-  // f(m, n, v[m][n]) (v by reference) for the elements with m < rows, n < cols.
-  template <class F>
-  __device__ void ForEach(int rows, int cols, F f) {
-#pragma unroll
-    for (int i = 0; i < TM; ++i) {
-#pragma unroll
-      for (int j = 0; j < TN; ++j) {
-        if (Row(i) < rows && Col(j) < cols) f(Row(i), Col(j), v[i][j]);
-      }
-    }
-  }
-
-  // v[m][n] = f(m, n, v[m][n], other.v[m][n]) for every element held.
-  template <class F>
-  __device__ void Combine(const Tile& other, F f) {
-#pragma unroll
-    for (int i = 0; i < TM; ++i) {
-#pragma unroll
-      for (int j = 0; j < TN; ++j) v[i][j] = f(Row(i), Col(j), v[i][j], other.v[i][j]);
-    }
-  }
-
-  // sums[i] = sum over n < cols of f(Row(i), n, v[Row(i)][n]), complete in each of the row's 16
-  // threads. Every thread of the block must call it.
-  template <class F>
-  __device__ void RowSums(int cols, F f, float (&sums)[TM]) const {
-#pragma unroll
-    for (int i = 0; i < TM; ++i) {
-      float s = 0.f;
-#pragma unroll
-      for (int j = 0; j < TN; ++j) {
-        if (Col(j) < cols) s += f(Row(i), Col(j), v[i][j]);
-      }
-#pragma unroll
-      for (int offset = 8; offset > 0; offset >>= 1) s += __shfl_xor_sync(0xffffffffu, s, offset);
-      sums[i] = s;
-    }
-  }
-};
+// Block-level building blocks specific to these kernels. LoadTile's zero rows pad a short chunk:
+// with g = 0, beta = 0 and zero q, k, v, dO they leave every result unchanged.
 
 using ChunkTile = Tile<4, 8>;   // [C, d] with d <= kMaxHeadDim
 using SquareTile = Tile<4, 4>;  // [C, C]
@@ -113,16 +35,6 @@ static_assert(16 * 4 == C && 16 * 8 == kMaxHeadDim, "tiles cover a chunk and a h
 static_assert(16 * 2 == kStateCols, "scan tiles cover a state column block");
 
 __device__ bool RowLeader() { return threadIdx.x % 16 == 0; }
-
-// dst[r * ld + c] = src(r, c) for r < valid, 0 for valid <= r < rows; c < cols. Zero rows pad a
-// short chunk: with g = 0, beta = 0 and zero q, k, v, dO they leave every result unchanged.
-template <class Src>
-__device__ void LoadTile(float* dst, int ld, int rows, int cols, int valid, Src src) {
-  for (int idx = threadIdx.x; idx < rows * cols; idx += kThreads) {
-    const int r = idx / cols, c = idx % cols;
-    dst[r * ld + c] = r < valid ? src(r, c) : 0.f;
-  }
-}
 
 // Sum of v over the block, the same in every thread; red: kThreads / 32 floats of shared memory.
 __device__ float BlockSum(float v, float* red) {
@@ -133,6 +45,14 @@ __device__ float BlockSum(float v, float* red) {
   for (int w = 0; w < kThreads / 32; ++w) s += red[w];
   __syncthreads();
   return s;
+}
+
+// dst[r * ld + c] = s[r * kLdState + c] for r < rows, c < cols: a state column block from shared
+// memory (row stride kLdState) out to global memory (row stride ld).
+__device__ void StoreStateBlock(float* dst, int ld, const float* s, int rows, int cols) {
+  for (int idx = threadIdx.x; idx < rows * cols; idx += kThreads) {
+    dst[(idx / cols) * ld + idx % cols] = s[(idx / cols) * kLdState + idx % cols];
+  }
 }
 
 // Offsets (in floats) of consecutive shared-memory arrays: the host sizes a kernel's dynamic
@@ -413,9 +333,7 @@ __global__ void __launch_bounds__(kThreads)
     LoadTile(x, kLdState, C, cols, C, [&](int r, int j) { return u[r * dv + j]; });
     __syncthreads();
     float* h_out = ws.states + base * dk * dv + v0;
-    for (int idx = threadIdx.x; idx < dk * cols; idx += kThreads) {
-      h_out[(idx / cols) * dv + idx % cols] = s[(idx / cols) * kLdState + idx % cols];
-    }
+    StoreStateBlock(h_out, dv, s, dk, cols);
     Tile<4, 2> delta;
     delta.Zero();
     delta.Mma(C, cols, dk, [&](int r, int k) { return w[r * lk + k]; },
@@ -579,9 +497,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     if (ws.dstates) {
       float* dh_out = ws.dstates + base * dk * dv + v0;
-      for (int idx = threadIdx.x; idx < dk * cols; idx += kThreads) {
-        dh_out[(idx / cols) * dv + idx % cols] = ds[(idx / cols) * kLdState + idx % cols];
-      }
+      StoreStateBlock(dh_out, dv, ds, dk, cols);
     }
     Tile<4, 2> carried;
     carried.Zero();
@@ -606,9 +522,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
   }
   float* dh0 = ws.dh0 + (int64_t(seq) * sh.hv + h) * dk * dv + v0;
-  for (int idx = threadIdx.x; idx < dk * cols; idx += kThreads) {
-    dh0[(idx / cols) * dv + idx % cols] = ds[(idx / cols) * kLdState + idx % cols];
-  }
+  StoreStateBlock(dh0, dv, ds, dk, cols);
 }
 
 struct BwdOutputSmem {
