@@ -17,6 +17,7 @@
 #include <string_view>
 #include <utility>
 
+#include "checkpoints/durable_file.h"
 #include "kernels/parallel.h"
 
 namespace s0 {
@@ -604,15 +605,7 @@ Status WriteSafetensors(const std::string& path, std::span<const TensorToWrite> 
     return s.Context("writing " + tmp);
   }
   // The rename is durable only once the directory entry is.
-  std::string dir = fs::path(path).parent_path().string();
-  if (dir.empty()) dir = ".";
-  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd < 0) return Status::IOError("opening directory " + dir + ": " + ErrnoString(errno));
-  int rc = ::fsync(dfd);
-  int err = errno;
-  ::close(dfd);
-  if (rc != 0) return Status::IOError("fsync of directory " + dir + ": " + ErrnoString(err));
-  return Status::Ok();
+  return FsyncParentDirectory(path);
 }
 
 }  // namespace s0

@@ -140,38 +140,5 @@ Result<std::string> ReadSmallFile(const std::string& path, size_t limit) {
   return text;
 }
 
-Status WriteFileAtomic(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp." + std::to_string(getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return Status::IOError(tmp + ": " + std::strerror(errno));
-  size_t done = 0;
-  while (done < text.size()) {
-    ssize_t n = ::write(fd, text.data() + done, text.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      Status s = Status::IOError(tmp + ": write: " + std::strerror(errno));
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      return s;
-    }
-    done += size_t(n);
-  }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    ::unlink(tmp.c_str());
-    return Status::IOError(tmp + ": fsync/close: " + std::strerror(errno));
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    Status s = Status::IOError(path + ": rename: " + std::strerror(errno));
-    ::unlink(tmp.c_str());
-    return s;
-  }
-  const std::string dir = std::filesystem::path(path).parent_path().string();
-  int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd < 0) return Status::IOError(dir + ": " + std::strerror(errno));
-  const bool synced = ::fsync(dfd) == 0;
-  ::close(dfd);
-  if (!synced) return Status::IOError(dir + ": fsync: " + std::strerror(errno));
-  return Status::Ok();
-}
 
 }  // namespace s0

@@ -10,6 +10,7 @@
 #include <string>
 #include <string_view>
 
+#include "checkpoints/durable_file.h"  // WriteFileAtomic, for the daemon's files
 #include "kernels/status.h"
 
 namespace s0 {
@@ -33,8 +34,5 @@ std::string ToJson(const google::protobuf::Message& m);
 
 // Reads a whole file of at most `limit` bytes. NotFound, IOError, or InvalidArgument when larger.
 Result<std::string> ReadSmallFile(const std::string& path, size_t limit = kMaxMessageBytes);
-// Writes `text` to `path` atomically: temp file in the same directory, fsync, rename, fsync of the
-// directory. A crash leaves the old file or the new one.
-Status WriteFileAtomic(const std::string& path, const std::string& text);
 
 }  // namespace s0
