@@ -34,6 +34,8 @@ struct TrainArgs {
   uint64_t seed = 0;
   int threads = 0;
   std::string precision = "fp64";
+  std::string engine = "cpu";
+  int device = 0;
 };
 
 Status RunTrain(const TrainArgs& a, int* exit_code) {
@@ -43,6 +45,8 @@ Status RunTrain(const TrainArgs& a, int* exit_code) {
   so.data_path = a.data;
   so.max_length = a.hp.max_length;
   S0_ASSIGN_OR_RETURN(so.precision, ParsePrecision(a.precision));
+  S0_ASSIGN_OR_RETURN(so.engine, ParseEngine(a.engine));
+  so.cuda_device = a.device;
   S0_ASSIGN_OR_RETURN(std::unique_ptr<TrainingSetup> setup, TrainingSetup::Load(so));
   const std::vector<TokenExample>& examples = setup->examples();
   std::vector<size_t> all(examples.size());
@@ -61,6 +65,7 @@ Status RunTrain(const TrainArgs& a, int* exit_code) {
   const std::vector<int64_t> shape = setup->state_shape();
   nlohmann::json extra = {{"data_fingerprint", Hex64(DataFingerprint(examples, all))},
                           {"precision", a.precision},
+                          {"engine", a.engine},
                           {"n_examples", examples.size()},
                           {"arch", kArchGatedDeltaNet}};
   TrainSession session;
@@ -145,6 +150,12 @@ Runner AddTrainCommand(CLI::App& app) {
                   "arithmetic of the CPU engine's forward/backward (states and Adam are fp32)")
       ->capture_default_str()
       ->check(CLI::IsMember({"fp32", "fp64"}));
+  cmd->add_option("--engine", a->engine,
+                  "cpu: the reference engine (--precision applies); cuda: the CUDA engine (bf16 "
+                  "weights, fp32 states)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd->add_option("--device", a->device, "GPU index for --engine cuda")->capture_default_str();
   return [a] {
     int code = 0;
     Status s = RunTrain(*a, &code);

@@ -1,5 +1,12 @@
 #include "daemon/train_setup.h"
 
+#ifdef S0_HAVE_CUDA
+#include <cuda_runtime.h>
+
+#include "kernels/device_buffer.h"
+#include "worker/qwen35_gpu_model.h"
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -25,10 +32,22 @@ Result<Precision> ParsePrecision(const std::string& name) {
 
 const char* PrecisionName(Precision p) { return p == Precision::kFp32 ? "fp32" : "fp64"; }
 
+Result<Engine> ParseEngine(const std::string& name) {
+  if (name == "cpu") return Engine::kCpu;
+  if (name == "cuda") return Engine::kCuda;
+  return Status::InvalidArgument("engine '" + name + "': expected cpu or cuda");
+}
+
+const char* EngineName(Engine e) { return e == Engine::kCpu ? "cpu" : "cuda"; }
+
 struct TrainingSetup::Impl {
   Qwen35Weights weights;
   std::optional<Qwen35Model<float>> model32;
   std::optional<Qwen35Model<double>> model64;
+#ifdef S0_HAVE_CUDA
+  std::unique_ptr<CudaContext> ctx;
+  std::unique_ptr<Qwen35GpuModel> gpu;
+#endif
 };
 
 TrainingSetup::~TrainingSetup() = default;
@@ -39,8 +58,13 @@ Result<std::unique_ptr<TrainingSetup>> TrainingSetup::Load(const SetupOptions& o
   t->impl_ = std::make_unique<Impl>();
   S0_ASSIGN_OR_RETURN(t->config_, LoadQwen35Config(options.model_dir));
   S0_ASSIGN_OR_RETURN(TensorStore store, TensorStore::Open(options.model_dir));
+  const bool cuda = options.engine == Engine::kCuda;
+#ifndef S0_HAVE_CUDA
+  if (cuda) return Status::InvalidArgument("engine cuda: this build has no CUDA engine");
+#endif
   S0_ASSIGN_OR_RETURN(t->impl_->weights,
-                      LoadQwen35Weights(store, t->config_, WeightFormat::kFloat32));
+                      LoadQwen35Weights(store, t->config_,
+                                        cuda ? WeightFormat::kAsStored : WeightFormat::kFloat32));
   S0_ASSIGN_OR_RETURN(t->model_fingerprint_, Qwen35Fingerprint(store, t->config_));
   std::optional<Tokenizer> tokenizer;
   if (std::filesystem::exists(options.model_dir + "/tokenizer.json")) {
@@ -53,6 +77,26 @@ Result<std::unique_ptr<TrainingSetup>> TrainingSetup::Load(const SetupOptions& o
   S0_ASSIGN_OR_RETURN(t->examples_, LoadJsonlExamples(options.data_path,
                                                       tokenizer ? &*tokenizer : nullptr, dopt));
   if (t->examples_.empty()) return Status::InvalidArgument(options.data_path + ": no examples");
+#ifdef S0_HAVE_CUDA
+  if (cuda) {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || options.cuda_device >= count ||
+        options.cuda_device < 0) {
+      return Status::Unavailable("engine cuda: no CUDA device " +
+                                 std::to_string(options.cuda_device) + " (" +
+                                 std::to_string(count) + " found)");
+    }
+    if (cudaSetDevice(options.cuda_device) != cudaSuccess) {
+      return Status::Unavailable("engine cuda: cannot use device " +
+                                 std::to_string(options.cuda_device));
+    }
+    S0_ASSIGN_OR_RETURN(Qwen35GpuOptions gopt, Qwen35GpuOptions::FromEnv());
+    t->impl_->ctx = std::make_unique<CudaContext>();
+    t->impl_->gpu = std::make_unique<Qwen35GpuModel>(*t->impl_->ctx, t->config_, t->impl_->weights, gopt);
+    t->impl_->weights = Qwen35Weights{};  // uploaded; the host copy is no longer needed
+    return t;
+  }
+#endif
   if (options.precision == Precision::kFp64) {
     t->impl_->model64.emplace(t->config_, t->impl_->weights);
   } else {
@@ -62,6 +106,9 @@ Result<std::unique_ptr<TrainingSetup>> TrainingSetup::Load(const SetupOptions& o
 }
 
 const std::vector<int>& TrainingSetup::delta_layers() const {
+#ifdef S0_HAVE_CUDA
+  if (impl_->gpu) return impl_->gpu->delta_layers();
+#endif
   return impl_->model64 ? impl_->model64->delta_layers() : impl_->model32->delta_layers();
 }
 
@@ -122,6 +169,44 @@ Result<double> ShardGradient(const Qwen35Model<Real>& model, const std::vector<T
   return fused.back() * inv_n;
 }
 
+#ifdef S0_HAVE_CUDA
+// The CUDA engine over this rank's share of the examples (one packed batch, micro-batched by the
+// model), then the same fused all-reduce in double as the CPU path.
+Result<double> GpuShardGradient(Qwen35GpuModel& model, const std::vector<TokenExample>& examples,
+                                const std::vector<size_t>& subset, const GradientOptions& options,
+                                const StateMap<float>& states, StateMap<float>& grads) {
+  const size_t n = subset.size();
+  const size_t rank = options.group ? size_t(options.group->rank()) : 0;
+  const size_t size = options.group ? size_t(options.group->size()) : 1;
+  std::vector<TokenExample> batch;
+  for (size_t p = rank; p < n; p += size) batch.push_back(examples[subset[p]]);
+  StateMap<float> g;
+  size_t total = 0;
+  for (const auto& [l, v] : grads) {
+    g[l].assign(v.size(), 0.0f);
+    total += v.size();
+  }
+  const double inv_n = 1.0 / double(n);
+  double loss = 0;
+  if (!batch.empty()) {
+    S0_ASSIGN_OR_RETURN(loss, model.LossAndGrad(batch, states, inv_n, g));
+  }
+  if (options.on_example) options.on_example(batch.size(), batch.size());
+  std::vector<double> fused(total + 1, 0.0);
+  size_t at = 0;
+  for (const auto& [l, v] : g) {
+    for (float x : v) fused[at++] = double(x);
+  }
+  fused.back() = loss;
+  if (size > 1) S0_RETURN_IF_ERROR(options.group->AllReduceSum(std::span<double>(fused)));
+  at = 0;
+  for (auto& [l, v] : grads) {
+    for (float& x : v) x = float(fused[at++]);
+  }
+  return fused.back() * inv_n;
+}
+#endif
+
 }  // namespace
 
 GradientFn TrainingSetup::Gradient(std::vector<size_t> subset, GradientOptions options) const {
@@ -131,6 +216,9 @@ GradientFn TrainingSetup::Gradient(std::vector<size_t> subset, GradientOptions o
     for (size_t i : subset) {
       if (i >= examples_.size()) return Status::InvalidArgument("example index out of range");
     }
+#ifdef S0_HAVE_CUDA
+    if (impl_->gpu) return GpuShardGradient(*impl_->gpu, examples_, subset, options, states, grads);
+#endif
     if (impl_->model64) {
       return ShardGradient(*impl_->model64, examples_, subset, options, states, grads);
     }

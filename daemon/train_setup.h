@@ -22,11 +22,19 @@ enum class Precision { kFp32, kFp64 };
 Result<Precision> ParsePrecision(const std::string& name);  // "fp32" | "fp64"
 const char* PrecisionName(Precision p);
 
+// Which engine computes the gradient: the CPU reference (Precision applies) or the CUDA engine
+// (bf16 weights, fp32 accumulation and states; worker/qwen35_gpu_model.h).
+enum class Engine { kCpu, kCuda };
+Result<Engine> ParseEngine(const std::string& name);  // "cpu" | "cuda"
+const char* EngineName(Engine e);
+
 struct SetupOptions {
   std::string model_dir;   // Hugging Face directory (tokenizer.json optional: pre-tokenized data)
   std::string data_path;   // JSONL (worker/dataset.h)
   int64_t max_length = 2048;
   Precision precision = Precision::kFp64;
+  Engine engine = Engine::kCpu;
+  int cuda_device = 0;  // the GPU the CUDA engine runs on
 };
 
 struct GradientOptions {
@@ -51,6 +59,7 @@ class TrainingSetup {
   const std::vector<TokenExample>& examples() const { return examples_; }
   uint64_t model_fingerprint() const { return model_fingerprint_; }
   Precision precision() const { return options_.precision; }
+  Engine engine() const { return options_.engine; }
 
   // The mean loss and mean gradient over examples()[i] for i in `subset` (positions in `subset`
   // order; see GradientOptions for the split). Gradients are summed over examples in double (the
