@@ -158,6 +158,7 @@ std::string ConfigExtra(const TrainingSetup& setup, const proto::RunSpec& run,
                         const std::vector<size_t>& subset) {
   nlohmann::json extra = {{"data_fingerprint", Hex64(DataFingerprint(setup.examples(), subset))},
                           {"precision", PrecisionName(setup.precision())},
+                          {"engine", EngineName(setup.engine())},
                           {"n_examples", subset.size()},
                           {"arch", kArchGatedDeltaNet},
                           {"run_id", run.run_id()}};

@@ -84,6 +84,10 @@ Status CheckMethod(const proto::S0Method& m, const std::string& at) {
     Result<Precision> p = ParsePrecision(m.precision());
     if (!p.ok()) return bad("precision", p.status().message());
   }
+  if (m.has_engine()) {
+    Result<Engine> e = ParseEngine(m.engine());
+    if (!e.ok()) return bad("engine", e.status().message());
+  }
   if (m.has_layers()) S0_RETURN_IF_ERROR(CheckLayerSyntax(m.layers(), at + ".layers"));
   return Status::Ok();
 }
@@ -103,6 +107,7 @@ void FillMethodDefaults(proto::S0Method* m) {
   if (!m->has_history_every()) m->set_history_every(t.history_every);
   if (!m->has_checkpoint_every()) m->set_checkpoint_every(t.checkpoint_every);
   if (!m->has_precision()) m->set_precision("fp64");
+  if (!m->has_engine()) m->set_engine("cpu");
 }
 
 std::string Resolve(const std::string& path, const std::string& base_dir) {

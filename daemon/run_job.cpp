@@ -182,6 +182,8 @@ int RunInWorld(const RunJobArgs& args, const RankInfo& w, spdlog::level::level_e
   so.max_length = spec.method().max_length();
   Result<std::unique_ptr<TrainingSetup>> setup = [&]() -> Result<std::unique_ptr<TrainingSetup>> {
     S0_ASSIGN_OR_RETURN(so.precision, ParsePrecision(spec.method().precision()));
+    S0_ASSIGN_OR_RETURN(so.engine, ParseEngine(spec.method().engine()));
+    so.cuda_device = w.local_rank;  // one GPU per rank on its node
     return TrainingSetup::Load(so);
   }();
   if (!setup.ok()) spdlog::error("cannot load the model or data: {}", setup.status().ToString());
