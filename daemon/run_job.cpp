@@ -171,8 +171,13 @@ int RunInWorld(const RunJobArgs& args, const RankInfo& w, spdlog::level::level_e
                    "differ only by seed give identical states");
     }
   }
-  spdlog::info("host {} (local rank {} of {}), pid {}, CPU engine with {} threads", w.host,
-               w.local_rank, w.local_size, getpid(), NumThreads());
+  if (spec.method().engine() == "cuda") {
+    spdlog::info("host {} (local rank {} of {}), pid {}, CUDA engine on GPU {}", w.host,
+                 w.local_rank, w.local_size, getpid(), w.local_rank);
+  } else {
+    spdlog::info("host {} (local rank {} of {}), pid {}, CPU engine with {} threads", w.host,
+                 w.local_rank, w.local_size, getpid(), NumThreads());
+  }
 
   // 2. Every rank loads the model and data; all must succeed and agree.
   MpiGroupComm world(MPI_COMM_WORLD, "the job", stall, nullptr);
