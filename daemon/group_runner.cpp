@@ -289,6 +289,7 @@ Result<proto::RunResult> ExecuteRun(const GroupContext& ctx, const proto::RunSpe
   };
   GradientOptions gopt;
   gopt.group = size > 1 ? &comm : nullptr;
+  gopt.gpu_group = ctx.gpu_group;
   if (ctx.idle) gopt.on_example = [&ctx](size_t, size_t) { ctx.idle(); };
   GradientFn inner = setup.Gradient(subset, gopt);
   GradientFn gradient = [&](const StateMap<float>& states, StateMap<float>& grads) -> Result<double> {

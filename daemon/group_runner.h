@@ -36,6 +36,9 @@ struct GroupContext {
   const proto::JobSpec* spec = nullptr;  // resolved (daemon/job_spec.h)
   const TrainingSetup* setup = nullptr;
   GroupComm* comm = nullptr;  // this group; rank 0 is the leader
+  // The CUDA engine's gradient all-reduce (NCCL) of a group of more than one rank; null: the
+  // gradient goes through `comm` (daemon/train_setup.h's GradientOptions).
+  GpuGroupReducer* gpu_group = nullptr;
   int group = 0;
   double stall_timeout_s = 600;            // the leader's wait for the coordinator
   const std::atomic<bool>* stop_signal = nullptr;  // this process's stop-signal flag

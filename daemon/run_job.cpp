@@ -19,6 +19,7 @@
 #include "daemon/job_output.h"
 #include "daemon/job_spec.h"
 #include "daemon/mpi_comm.h"
+#include "daemon/nccl_comm.h"
 #include "daemon/train_setup.h"
 #include "daemon/wire.h"
 #include "kernels/check.h"
@@ -268,10 +269,26 @@ int RunInWorld(const RunJobArgs& args, const RankInfo& w, spdlog::level::level_e
     link = remote_link.get();
   }
   MpiGroupComm group_comm(group_mpi, "group " + std::to_string(group), stall, idle);
+#ifdef S0_HAVE_CUDA
+  // GPU groups sum their gradients with NCCL; its unique id travels over the group's MPI comm.
+  std::unique_ptr<NcclComm> nccl;
+  if (so.engine == Engine::kCuda && group_size > 1) {
+    Result<std::unique_ptr<NcclComm>> made =
+        NcclComm::Create(group_comm, so.cuda_device, stall, idle);
+    if (!made.ok()) AbortJob("group " + std::to_string(group) + ": " + made.status().ToString(), kExitAborted);
+    nccl = std::move(*made);
+    if (group_comm.rank() == 0) {
+      spdlog::info("group {}: NCCL {} ranks ready for the gradient all-reduce", group, group_size);
+    }
+  }
+#endif
   GroupContext ctx;
   ctx.spec = &spec;
   ctx.setup = &ts;
   ctx.comm = &group_comm;
+#ifdef S0_HAVE_CUDA
+  ctx.gpu_group = nccl.get();
+#endif
   ctx.group = group;
   ctx.stall_timeout_s = stall;
   ctx.stop_signal = &g_stop;

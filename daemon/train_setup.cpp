@@ -188,6 +188,14 @@ Result<double> GpuShardGradient(Qwen35GpuModel& model, const std::vector<TokenEx
   }
   const double inv_n = 1.0 / double(n);
   double loss = 0;
+  if (size > 1 && options.gpu_group != nullptr) {
+    // Every rank joins the device all-reduce, also one with no example this step; it returns
+    // the group's sums (the gradient in fp32), added into zeroed gradients.
+    for (auto& [l, v] : grads) std::fill(v.begin(), v.end(), 0.0f);
+    S0_ASSIGN_OR_RETURN(loss, model.LossAndGrad(batch, states, inv_n, grads, options.gpu_group));
+    if (options.on_example) options.on_example(batch.size(), batch.size());
+    return loss * inv_n;
+  }
   if (!batch.empty()) {
     S0_ASSIGN_OR_RETURN(loss, model.LossAndGrad(batch, states, inv_n, g));
   }

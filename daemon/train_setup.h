@@ -18,6 +18,8 @@
 
 namespace s0 {
 
+class GpuGroupReducer;  // worker/qwen35_gpu_model.h (CUDA builds)
+
 enum class Precision { kFp32, kFp64 };
 Result<Precision> ParsePrecision(const std::string& name);  // "fp32" | "fp64"
 const char* PrecisionName(Precision p);
@@ -42,6 +44,9 @@ struct GradientOptions {
   // with p % G == r, each weighted 1/N (N = the list's length), then one fused all-reduce (sum,
   // double) of every layer's gradient and the loss. Null: this process computes every example.
   GroupComm* group = nullptr;
+  // With the CUDA engine and a group: the device all-reduce (NCCL) that sums the fused gradient
+  // and loss instead (in fp32, on the GPUs); `group` must be set too. Null: through `group`.
+  GpuGroupReducer* gpu_group = nullptr;
   // Called after each example this process computes (progress display; on rank 0, the
   // coordinator's pump). `done` counts this process's examples of the step.
   std::function<void(size_t done, size_t total)> on_example;

@@ -452,7 +452,7 @@ size_t Qwen35GpuModel::WorkspaceBytes() const {
   size_t bytes = ce_bytes_ + s.arena.bytes() + s.saved.bytes() + s.kernel.bytes() + s.cos.bytes() +
                  s.sin.bytes() + s.ds0.bytes();
   for (const auto& [layer, b] : s0_) bytes += b.bytes();
-  for (const auto& [layer, b] : ds0_sum_) bytes += b.bytes();
+  bytes += ds0_sum_.bytes();
   return bytes;
 }
 
@@ -721,9 +721,10 @@ Status Qwen35GpuModel::Validate(const std::vector<TokenExample>& batch, const St
 
 Result<double> Qwen35GpuModel::LossAndGrad(const std::vector<TokenExample>& batch,
                                            const StateMap<float>& s0, double grad_scale,
-                                           StateMap<float>& grads) {
+                                           StateMap<float>& grads, GpuGroupReducer* group) {
   S0_RETURN_IF_ERROR(Validate(batch, s0, grads));
-  if (batch.empty()) return 0.0;
+  if (grads.empty()) group = nullptr;  // a loss alone is this rank's own
+  if (batch.empty() && group == nullptr) return 0.0;
   const cudaStream_t st = ctx_.stream();
   for (auto& [layer, buffer] : s0_) {
     auto it = s0.find(layer);
@@ -733,13 +734,14 @@ Result<double> Qwen35GpuModel::LossAndGrad(const std::vector<TokenExample>& batc
       buffer.FillBytes(0, st);
     }
   }
-  // Where each layer's dS0 goes: the tuned layers' sums, zeroed; null elsewhere.
+  // Where each layer's dS0 goes: its slice of the fused sums, zeroed; null elsewhere.
+  const size_t n_state = size_t(state_size());
+  const size_t fused = grads.size() * n_state + 1;
+  if (ds0_sum_.size() < fused) ds0_sum_ = DeviceBuffer<float>(fused);
+  ds0_sum_.FillBytes(0, st);
   std::vector<float*> ds0_into(grads.empty() ? 0 : layers_.size(), nullptr);
-  for (const auto& [layer, g] : grads) {
-    DeviceBuffer<float>& sum = ds0_sum_.try_emplace(layer, size_t(state_size())).first->second;
-    sum.FillBytes(0, st);
-    ds0_into[size_t(layer)] = sum.data();
-  }
+  size_t slot = 0;
+  for (const auto& [layer, g] : grads) ds0_into[size_t(layer)] = ds0_sum_.data() + n_state * slot++;
   TrackPeak();
   const int lowest = grads.empty() ? int(layers_.size()) : grads.begin()->first;
 
@@ -755,16 +757,31 @@ Result<double> Qwen35GpuModel::LossAndGrad(const std::vector<TokenExample>& batc
     cur.tokens += len;
     cur.max_len = std::max(cur.max_len, len);
   }
-  mbs.push_back(cur);
+  if (cur.count > 0) mbs.push_back(cur);
 
   double loss = 0;
   for (const MicroBatch& mb : mbs) loss += RunMicroBatch(batch, mb, lowest, grad_scale, ds0_into);
-  for (auto& [layer, g] : grads) {
-    const std::vector<float> sum = ds0_sum_.at(layer).ToHost(st);
-    for (size_t i = 0; i < g.size(); ++i) g[i] += sum[i];
+  if (grads.empty()) {
+    ctx_.Synchronize();
+    return loss;
   }
-  ctx_.Synchronize();
-  return loss;
+  const size_t n_grads = grads.size() * n_state;
+  if (group != nullptr) {
+    // The loss sum rides in the last slot (fp32 is ample for a sum of per-example losses): one
+    // fused reduction for everything the step needs.
+    const float loss32 = float(loss);
+    CUDA_CHECK(cudaMemcpyAsync(ds0_sum_.data() + n_grads, &loss32, sizeof(float),
+                               cudaMemcpyHostToDevice, st));
+    const Status reduced = group->SumInPlace(ds0_sum_.data(), n_grads + 1, st);
+    if (!reduced.ok()) return reduced;
+  }
+  std::vector<float> sums(n_grads + 1);
+  ds0_sum_.Download(sums.data(), n_grads + 1, st);
+  size_t at = 0;
+  for (auto& [layer, g] : grads) {
+    for (size_t i = 0; i < g.size(); ++i) g[i] += sums[at++];
+  }
+  return group != nullptr ? double(sums[n_grads]) : loss;
 }
 
 double Qwen35GpuModel::RunMicroBatch(const std::vector<TokenExample>& batch, const MicroBatch& mb,

@@ -55,6 +55,16 @@ struct Qwen35GpuOptions {
 };
 
 // Device memory the model holds, in bytes.
+// Sums a device buffer element-wise over the ranks of a data-parallel group, in place, on the
+// caller's stream (daemon/nccl_comm.h implements it with NCCL). Every rank of the group makes the
+// same calls with the same lengths. An error (a peer died or stalled, the transport failed) leaves
+// the group unusable.
+class GpuGroupReducer {
+ public:
+  virtual ~GpuGroupReducer() = default;
+  virtual Status SumInPlace(float* device_data, size_t count, cudaStream_t stream) = 0;
+};
+
 struct GpuMemoryReport {
   size_t weights = 0;    // frozen weights
   size_t workspace = 0;  // activations, saved layer inputs, gradients, S0/dS0, kernel and
@@ -99,8 +109,15 @@ class Qwen35GpuModel {
   // an example with fewer than 2 tokens, prompt_len outside [0, length), or an id outside the
   // vocabulary; for a state or gradient of a layer that is not a DeltaNet layer or of the wrong
   // size. Waits for the device before returning.
+  //
+  // With `group` (not null, and `grads` not empty), every rank of the group passes its own share
+  // of the examples (possibly none) and the same layers: the loss sum and the dS0 sums are summed
+  // over the group on the device, in one fused call, before they reach the host, so every rank
+  // returns the group's loss sum and adds the group's gradient. The group's error is returned
+  // as is (nothing is added to `grads` then).
   Result<double> LossAndGrad(const std::vector<TokenExample>& batch, const StateMap<float>& s0,
-                             double grad_scale, StateMap<float>& grads);
+                             double grad_scale, StateMap<float>& grads,
+                             GpuGroupReducer* group = nullptr);
 
   GpuMemoryReport Memory() const;
 
@@ -153,7 +170,9 @@ class Qwen35GpuModel {
   size_t ce_bytes_ = 0;
   std::unique_ptr<Scratch> scratch_;
   std::map<int, DeviceBuffer<float>> s0_;       // every DeltaNet layer: its S0 for this call
-  std::map<int, DeviceBuffer<float>> ds0_sum_;  // tuned layers: dS0 summed over micro-batches
+  // The tuned layers' dS0 summed over micro-batches, one layer after another in `grads` order,
+  // then one float for the loss sum: one buffer, so a group reduces it in one call.
+  DeviceBuffer<float> ds0_sum_;
 };
 
 }  // namespace s0

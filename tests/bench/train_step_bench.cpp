@@ -9,6 +9,11 @@
 // stream, the stop event recorded after the host's optimizer step). Also timed: the loss alone
 // (forward + cross-entropy, no backward).
 //
+// Data-parallel under mpirun (-np N, one GPU per rank by local rank): the global batch stays
+// --examples; rank r computes the examples at positions p with p % N == r, and the group sums the
+// fused gradient and loss with NCCL (daemon/nccl_comm.h) inside the timed step, as `s0d run`
+// groups do. Rank 0 reports; the JSON's "ranks" says how many took part.
+//
 // Usage: s0_train_step_bench [--examples 48] [--seq-len 384] [--prompt 200] [--steps 3]
 //                            [--seed 1]
 // S0_GPU_TOKENS sets the micro-batch token budget (worker/qwen35_gpu_model.h). The last line of
@@ -28,6 +33,10 @@
 #include <span>
 #include <vector>
 
+#include <mpi.h>
+
+#include "daemon/mpi_comm.h"
+#include "daemon/nccl_comm.h"
 #include "kernels/device_buffer.h"
 #include "worker/model_config.h"
 #include "worker/optimizer.h"
@@ -169,8 +178,20 @@ int Run(const Args& a) {
     std::fprintf(stderr, "%s\n", options.status().ToString().c_str());
     return 2;
   }
+  Result<RankInfo> world = DescribeWorld();
+  S0_CHECK_MSG(world.ok(), world.status().ToString());
+  const int rank = world->rank, ranks = world->size;
+  CUDA_CHECK(cudaSetDevice(world->local_rank));
   cudaDeviceProp prop{};
   CudaContext ctx;
+  MpiGroupComm world_comm(MPI_COMM_WORLD, "the benchmark", 600, nullptr);
+  std::unique_ptr<NcclComm> nccl;
+  if (ranks > 1) {
+    Result<std::unique_ptr<NcclComm>> made =
+        NcclComm::Create(world_comm, world->local_rank, 600, nullptr);
+    S0_CHECK_MSG(made.ok(), made.status().ToString());
+    nccl = std::move(*made);
+  }
   CUDA_CHECK(cudaGetDeviceProperties(&prop, ctx.device()));
   const auto t_build = std::chrono::steady_clock::now();
   std::unique_ptr<Qwen35GpuModel> model =
@@ -180,11 +201,13 @@ int Run(const Args& a) {
 
   std::mt19937_64 rng(a.seed);
   std::uniform_int_distribution<int32_t> token(0, int32_t(config.vocab_size - 1));
-  std::vector<TokenExample> batch(size_t(a.examples));
-  for (TokenExample& ex : batch) {
+  std::vector<TokenExample> batch;  // this rank's share of the global batch
+  for (int64_t p = 0; p < a.examples; ++p) {
+    TokenExample ex;
     ex.ids.resize(size_t(a.seq_len));
     for (int32_t& id : ex.ids) id = token(rng);
     ex.prompt_len = a.prompt;
+    if (p % ranks == rank) batch.push_back(std::move(ex));
   }
   StateMap<float> states, grads;
   for (int l : model->delta_layers()) states[l].assign(size_t(model->state_size()), 0.0f);
@@ -194,7 +217,8 @@ int Run(const Args& a) {
 
   auto step = [&] {
     for (int l : model->delta_layers()) grads[l].assign(size_t(model->state_size()), 0.0f);
-    Result<double> r = model->LossAndGrad(batch, states, 1.0 / double(a.examples), grads);
+    Result<double> r =
+        model->LossAndGrad(batch, states, 1.0 / double(a.examples), grads, nccl.get());
     S0_CHECK_MSG(r.ok(), r.status().ToString());
     loss = *r / double(a.examples);
     OptimizerStep(states, grads, adam, grad_norm);
@@ -221,7 +245,8 @@ int Run(const Args& a) {
 
   step();  // warm-up: allocates the scratch, cuBLAS picks its kernels
   const double step_s = timed(step);
-  const double forward_s = timed(loss_only);
+  const double forward_s = timed(loss_only);  // this rank's share alone: no collective
+  if (rank != 0) return 0;
   CUDA_CHECK(cudaEventDestroy(start));
   CUDA_CHECK(cudaEventDestroy(stop));
 
@@ -231,7 +256,7 @@ int Run(const Args& a) {
   const StepFlops f = CountFlops(config, a, lowest);
   const double tokens = double(a.examples * a.seq_len);
   const double tokens_per_s = tokens / step_s;
-  const double mfu = f.total() / step_s / kPeakFlops;
+  const double mfu = f.total() / step_s / kPeakFlops / double(ranks);  // per GPU
   const double gib = double(1ull << 30);
 
   std::printf("s0_train_step_bench on %s (%d SMs)\n", prop.name, prop.multiProcessorCount);
@@ -239,14 +264,16 @@ int Run(const Args& a) {
       "model: Qwen3.5-4B shape, random bf16 weights built on the device in %.2f s; %zu "
       "DeltaNet layers tuned (lowest %d)\n",
       build_s, model->delta_layers().size(), lowest);
-  std::printf("batch: %lld examples x %lld tokens (prompt %lld), micro-batch budget %lld tokens\n",
-              (long long)a.examples, (long long)a.seq_len, (long long)a.prompt,
-              (long long)options->max_tokens);
+  std::printf(
+      "batch: %lld examples x %lld tokens (prompt %lld) over %d rank%s (NCCL all-reduce of the "
+      "gradients), micro-batch budget %lld tokens\n",
+      (long long)a.examples, (long long)a.seq_len, (long long)a.prompt, ranks,
+      ranks > 1 ? "s" : "", (long long)options->max_tokens);
   std::printf(
       "step: %.4f s (mean of %lld after 1 warm-up) = %.0f tokens/s; loss %.6f, grad "
       "norm %.4g\n",
       step_s, (long long)a.steps, tokens_per_s, loss, grad_norm);
-  std::printf("loss alone (forward + cross-entropy): %.4f s\n", forward_s);
+  std::printf("loss alone (forward + cross-entropy, rank 0's share): %.4f s\n", forward_s);
   std::printf("model FLOPs per step %.4g (per token %.4g GFLOP):\n", f.total(),
               f.total() / tokens / 1e9);
   std::printf("  matmul forward  2 T sum_l P_l                      %.4g GFLOP/token\n",
@@ -261,7 +288,7 @@ int Run(const Args& a) {
       "  delta rule      (6Cd_k + 4Cd_v + 6d_kd_v + 2C^2/3) H_v x (1 fwd + 2 bwd) "
       "%.4g GFLOP/token\n",
       f.delta_rule / tokens / 1e9);
-  std::printf("MFU %.1f%% of %.0f TFLOP/s\n", 100 * mfu, kPeakFlops / 1e12);
+  std::printf("MFU %.1f%% of %.0f TFLOP/s per GPU\n", 100 * mfu, kPeakFlops / 1e12);
   std::printf(
       "memory: model weights %.2f GiB, workspace %.2f GiB, model peak %.2f GiB; device "
       "in use %.2f of %.2f GiB (cudaMemGetInfo)\n",
@@ -269,6 +296,7 @@ int Run(const Args& a) {
       double(total_bytes - free_bytes) / gib, double(total_bytes) / gib);
   const nlohmann::json out = {{"impl", "s0d"},
                               {"device", prop.name},
+                              {"ranks", ranks},
                               {"examples", a.examples},
                               {"seq_len", a.seq_len},
                               {"prompt_len", a.prompt},
@@ -301,7 +329,10 @@ int main(int argc, char** argv) {
                  argv[0]);
     return 2;
   }
-  return s0::Run(args);
+  MPI_Init(&argc, &argv);
+  const int rc = s0::Run(args);
+  MPI_Finalize();
+  return rc;
 #else
   std::fprintf(stderr, "%s needs CUDA: this build has none\n", argc > 0 ? argv[0] : "bench");
   return 2;

@@ -1,11 +1,13 @@
 // The GPU model (worker/qwen35_gpu_model.h) against the CPU engine (worker/qwen35_model.h, fp32)
 // on every committed fixture in tests/fixtures/qwen35/, the fixture's examples packed into one
 // batch: mean loss within 1e-2 relative, each tuned layer's dS0 with cosine similarity >= 0.995
-// and relative L2 error <= 5e-2 (the achieved numbers are printed and recorded as test
-// properties). As tests/common/gpu.h prescribes, the CPU reference gets the weights the device
-// holds: every matrix rounded to bf16 (a no-op for BF16 checkpoints). Then the GPU model against
-// itself: packed vs one example at a time, micro-batched vs packed, loss alone vs loss and
-// gradient, repeated calls, the stop at the lowest tuned layer, and input validation.
+// and relative L2 error <= 5e-2, or, where the fixture is too ill-conditioned for those, within
+// 5x of what half-ulp noise on the reference's weights does to its dS0 (Bf16Sensitivity; the
+// achieved numbers are printed and recorded as test properties). As tests/common/gpu.h
+// prescribes, the CPU reference gets the weights the device holds: every matrix rounded to bf16
+// (a no-op for BF16 checkpoints). Then the GPU model against itself: packed vs one example at a
+// time, micro-batched vs packed, loss alone vs loss and gradient, repeated calls, the stop at the
+// lowest tuned layer, and input validation.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -14,6 +16,7 @@
 #include <iomanip>
 #include <iostream>
 #include <map>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -41,21 +44,24 @@ std::vector<std::string> FixtureNames() {
   return names;
 }
 
-void RoundToBf16(HostTensor& t) { t.f32 = test::AsStored<bf16>(t.f32); }
-
-// The matrices the GPU model keeps in bf16 (its header's dtype list).
-void RoundMatricesToBf16(Qwen35Weights& w) {
-  RoundToBf16(w.embed_tokens);
-  RoundToBf16(w.lm_head);  // empty when tied
+// f(t) for every matrix the GPU model keeps in bf16 (its header's dtype list).
+template <class F>
+void ForEachMatrix(Qwen35Weights& w, F f) {
+  f(w.embed_tokens);
+  f(w.lm_head);  // empty when tied
   for (Qwen35LayerWeights& l : w.layers) {
-    for (HostTensor* t : {&l.gate_proj, &l.up_proj, &l.down_proj}) RoundToBf16(*t);
+    for (HostTensor* t : {&l.gate_proj, &l.up_proj, &l.down_proj}) f(*t);
     Qwen35LinearAttnWeights& d = l.linear_attn;
     for (HostTensor* t : {&d.in_proj_qkv, &d.in_proj_z, &d.in_proj_b, &d.in_proj_a, &d.out_proj}) {
-      RoundToBf16(*t);
+      f(*t);
     }
     Qwen35FullAttnWeights& a = l.self_attn;
-    for (HostTensor* t : {&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj}) RoundToBf16(*t);
+    for (HostTensor* t : {&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj}) f(*t);
   }
+}
+
+void RoundMatricesToBf16(Qwen35Weights& w) {
+  ForEachMatrix(w, [](HostTensor& t) { t.f32 = test::AsStored<bf16>(t.f32); });
 }
 
 struct Fixture {
@@ -134,6 +140,42 @@ void ExpectGpuAgreement(const std::string& what, double loss_a, double loss_b,
   }
 }
 
+// The fp32 CPU engine's mean loss and dS0 (grad_scale 1 / n) over the fixture's examples.
+double CpuLossAndGrad(const Fixture& f, const Qwen35Weights& weights, StateMap<float>& grads) {
+  Qwen35Model<float> cpu(f.config, weights);
+  grads = ZeroGrads(cpu.delta_layers(), cpu.state_size());
+  const double n = double(f.examples.size());
+  double loss = 0;
+  for (const TokenExample& ex : f.examples) loss += cpu.LossAndGrad(ex, f.s0, 1.0 / n, grads);
+  return loss / n;
+}
+
+// How much the fixture's dS0 moves, per layer, under a perturbation of bf16's size: every
+// matrix element of the CPU reference's weights multiplied by 1 + u, u uniform in [-2^-9, 2^-9]
+// (half a bf16 ulp, what one rounding does), seeded. The tiny random fixtures are
+// ill-conditioned: this alone moves some layers' dS0 by 2-4% (and rounding their fp32 weights
+// to bf16 moves the CPU engine's own dS0 by up to 13%).
+struct Sensitivity {
+  double rel_l2 = 0;
+  double one_minus_cos = 0;
+};
+std::map<int, Sensitivity> Bf16Sensitivity(const Fixture& f, const StateMap<float>& ref) {
+  Qwen35Weights w = f.rounded;
+  std::mt19937_64 rng(20261129);
+  std::uniform_real_distribution<float> u(-1.0f / 512, 1.0f / 512);
+  ForEachMatrix(w, [&](HostTensor& t) {
+    for (float& x : t.f32) x *= 1.0f + u(rng);
+  });
+  StateMap<float> moved;
+  CpuLossAndGrad(f, w, moved);
+  std::map<int, Sensitivity> out;
+  for (const auto& [layer, g] : ref) {
+    out[layer] = {test::RelNormError(moved.at(layer), g),
+                  1.0 - test::CosineSimilarity(moved.at(layer), g)};
+  }
+  return out;
+}
+
 class Qwen35GpuModelTest : public test::GpuTest {};
 
 TEST_F(Qwen35GpuModelTest, MatchesCpuEngineOnEveryFixture) {
@@ -145,13 +187,9 @@ TEST_F(Qwen35GpuModelTest, MatchesCpuEngineOnEveryFixture) {
     ASSERT_TRUE(f.loaded);
     const double n = double(f.examples.size());
 
-    Qwen35Model<float> cpu(f.config, f.rounded);
-    StateMap<float> cpu_grads = ZeroGrads(cpu.delta_layers(), cpu.state_size());
-    double cpu_loss = 0;
-    for (const TokenExample& ex : f.examples) {
-      cpu_loss += cpu.LossAndGrad(ex, f.s0, 1.0 / n, cpu_grads);
-    }
-    cpu_loss /= n;
+    StateMap<float> cpu_grads;
+    const double cpu_loss = CpuLossAndGrad(f, f.rounded, cpu_grads);
+    const std::map<int, Sensitivity> sens = Bf16Sensitivity(f, cpu_grads);
 
     Qwen35GpuModel gpu(ctx(), f.config, f.stored);
     StateMap<float> gpu_grads = ZeroGrads(gpu.delta_layers(), gpu.state_size());
@@ -166,12 +204,19 @@ TEST_F(Qwen35GpuModelTest, MatchesCpuEngineOnEveryFixture) {
       const std::vector<float>& got = gpu_grads.at(layer);
       const double cos = test::CosineSimilarity(got, ref);
       const double rel = test::RelNormError(got, ref);
+      const Sensitivity& s = sens.at(layer);
       std::cout << "[qwen35 gpu vs cpu] " << name << ": dS0 layer " << layer << " cos " << Fmt(cos)
-                << " rel_l2 " << Fmt(rel) << "\n";
+                << " rel_l2 " << Fmt(rel) << "; half-ulp weight noise moves the reference by rel_l2 "
+                << Fmt(s.rel_l2) << ", 1-cos " << Fmt(s.one_minus_cos) << "\n";
       RecordProperty(name + ".ds0." + std::to_string(layer) + ".cos", Fmt(cos));
       RecordProperty(name + ".ds0." + std::to_string(layer) + ".rel_l2", Fmt(rel));
-      EXPECT_GE(cos, 0.995) << "layer " << layer;
-      EXPECT_LE(rel, 5e-2) << "layer " << layer;
+      // The bounds (cos >= 0.995, rel_l2 <= 5e-2), widened where the fixture itself is
+      // too ill-conditioned for them: the engine rounds about ten intermediates per layer to
+      // bf16 (each a perturbation like the one above), so independent errors add to ~3x the
+      // one-perturbation figure; 5x (25x for 1 - cos, which goes as the square) is allowed. A
+      // wrong kernel misses by orders of magnitude.
+      EXPECT_GE(cos, 1.0 - std::max(5e-3, 25 * s.one_minus_cos)) << "layer " << layer;
+      EXPECT_LE(rel, std::max(5e-2, 5 * s.rel_l2)) << "layer " << layer;
     }
     const GpuMemoryReport mem = gpu.Memory();
     EXPECT_GT(mem.weights, 0u);
