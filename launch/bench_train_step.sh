@@ -54,7 +54,10 @@ ours=0
 for n in ${S0_BENCH_RANKS:-1}; do
   echo "== s0d on $n GPU(s): $dir/tests/s0_train_step_bench" | log
   launcher=()
-  [ "$n" -gt 1 ] && launcher=(mpirun --allow-run-as-root -np "$n" -x NCCL_NVLS_ENABLE -x S0_GPU_TOKENS)
+  if [ "$n" -gt 1 ]; then
+    launcher=(mpirun --allow-run-as-root -np "$n" -x NCCL_NVLS_ENABLE)
+    [ -n "${S0_GPU_TOKENS:-}" ] && launcher+=(-x S0_GPU_TOKENS)
+  fi
   "${launcher[@]}" "$dir/tests/s0_train_step_bench" --examples "$examples" --seq-len "$seq_len" \
     --prompt "$prompt" --steps "$steps" 2>&1 | log
   rc=${PIPESTATUS[0]}

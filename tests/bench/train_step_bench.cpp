@@ -265,10 +265,11 @@ int Run(const Args& a) {
       "DeltaNet layers tuned (lowest %d)\n",
       build_s, model->delta_layers().size(), lowest);
   std::printf(
-      "batch: %lld examples x %lld tokens (prompt %lld) over %d rank%s (NCCL all-reduce of the "
-      "gradients), micro-batch budget %lld tokens\n",
+      "batch: %lld examples x %lld tokens (prompt %lld) on %d GPU%s, micro-batch budget %lld "
+      "tokens\n",
       (long long)a.examples, (long long)a.seq_len, (long long)a.prompt, ranks,
-      ranks > 1 ? "s" : "", (long long)options->max_tokens);
+      ranks > 1 ? "s (data-parallel, NCCL all-reduce of the gradients)" : "",
+      (long long)options->max_tokens);
   std::printf(
       "step: %.4f s (mean of %lld after 1 warm-up) = %.0f tokens/s; loss %.6f, grad "
       "norm %.4g\n",
