@@ -15,6 +15,8 @@ PACKAGES=(
   libspdlog-dev libfmt-dev              # logging
   libpcre2-dev                          # the tokenizer's Unicode-property regex
   libutf8proc-dev                       # NFC normalisation
+  slurmctld slurmd slurm-client munge   # the Slurm test (tests/slurm/): a single-node Slurm
+                                        # started by hand (launch/slurm/local-slurm.sh)
 )
 
 missing=()
