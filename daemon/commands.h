@@ -15,5 +15,14 @@ Runner AddVersionCommand(CLI::App& app);
 Runner AddTokenizeCommand(CLI::App& app);
 Runner AddGradCommand(CLI::App& app);
 Runner AddTrainCommand(CLI::App& app);
+// Clients of `s0d serve` (daemon/client.h).
+Runner AddSubmitCommand(CLI::App& app);
+Runner AddStatusCommand(CLI::App& app);
+Runner AddListCommand(CLI::App& app);
+Runner AddWatchCommand(CLI::App& app);
+Runner AddCancelCommand(CLI::App& app);
+Runner AddResultsCommand(CLI::App& app);
+Runner AddShutdownCommand(CLI::App& app);
+Runner AddKeygenCommand(CLI::App& app);
 
 }  // namespace s0::cli

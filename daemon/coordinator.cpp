@@ -1,5 +1,6 @@
 #include "daemon/coordinator.h"
 
+#include <algorithm>
 #include <cstdio>
 
 #include "daemon/wire.h"
@@ -100,6 +101,11 @@ Status Coordinator::Handle(int g, const proto::WorkerMessage& m, Clock::time_poi
                                     std::to_string(gr.step) + " of " + std::to_string(gr.n_steps));
       }
       gr.step = p.step();
+      gr.loss = p.loss();
+      if (gr.first_step < 0) {
+        gr.first_step = p.step();
+        gr.first = now;
+      }
       gr.heard = now;
       return Status::Ok();
     }
@@ -133,7 +139,9 @@ Status Coordinator::OnReady(int g, const proto::Ready& ready, Clock::time_point 
     }
     results_.push_back(r);
     gr.state = GroupState::kStarting;  // idle: decided below
-    if (r.state() == proto::RUN_INTERRUPTED && !stopping_) {
+    if (r.state() == proto::RUN_INTERRUPTED && gr.cancel) {
+      results_.back().set_state(proto::RUN_CANCELLED);
+    } else if (r.state() == proto::RUN_INTERRUPTED && !stopping_) {
       stopping_ = true;
       S0_RETURN_IF_ERROR(StopBusyGroups());
     }
@@ -152,7 +160,10 @@ Status Coordinator::Decide(int g, Clock::time_point now) {
     gr.run_id = m.assign().run_id();
     gr.step = 0;
     gr.n_steps = m.assign().method().n_steps();
+    gr.loss = 0;
+    gr.first_step = -1;
     gr.stop_sent = false;
+    gr.cancel = false;
     gr.heard = now;
     return transport_->Send(g, m);
   }
@@ -185,6 +196,51 @@ Status Coordinator::RequestStop() {
   stopping_ = true;
   S0_RETURN_IF_ERROR(StopBusyGroups());
   return ReleaseParkedIfOver();
+}
+
+Status Coordinator::CancelRun(const std::string& run_id) {
+  for (size_t i = next_; i < runs_.size(); ++i) {
+    if (runs_[i].run_id() != run_id) continue;
+    proto::RunResult r;
+    r.set_version(kProtocolVersion);
+    r.set_run_id(run_id);
+    r.set_state(proto::RUN_CANCELLED);
+    r.set_seed(runs_[i].seed());
+    r.set_config_key(runs_[i].config_key());
+    results_.push_back(std::move(r));
+    runs_.erase(runs_.begin() + long(i));
+    return ReleaseParkedIfOver();  // it may have been the last run
+  }
+  for (size_t i = 0; i < groups_.size(); ++i) {
+    Group& g = groups_[i];
+    if (g.state != GroupState::kBusy || g.run_id != run_id) continue;
+    g.cancel = true;
+    if (g.stop_sent) return Status::Ok();  // the job is stopping: the stop is on its way
+    proto::CoordinatorMessage m;
+    m.set_version(kProtocolVersion);
+    m.mutable_stop()->set_cancel(true);
+    g.stop_sent = true;
+    return transport_->Send(int(i), m);
+  }
+  return Status::NotFound("run '" + run_id + "' is neither waiting nor running");
+}
+
+std::vector<Coordinator::RunProgress> Coordinator::Busy(Clock::time_point now) const {
+  std::vector<RunProgress> out;
+  for (const Group& g : groups_) {
+    if (g.state != GroupState::kBusy) continue;
+    RunProgress p;
+    p.run_id = g.run_id;
+    p.step = g.step;
+    p.n_steps = g.n_steps;
+    p.loss = g.loss;
+    if (g.first_step >= 0 && g.step > g.first_step) {
+      const double per_step = Seconds(g.heard - g.first) / double(g.step - g.first_step);
+      p.eta_s = std::max(0.0, per_step * double(g.n_steps - g.step) - Seconds(now - g.heard));
+    }
+    out.push_back(std::move(p));
+  }
+  return out;
 }
 
 Status Coordinator::StopBusyGroups() {

@@ -6,11 +6,13 @@
 // Protocol (proto/control.proto), group leader <-> coordinator:
 //   Ready{}                 the group is idle -> Assign{run}, or Release (job over), or it is
 //                           parked: KeepAlive every keepalive_s until an Assign or a Release
-//   Progress{run, step}     after every step of a run: the busy group's heartbeat
+//   Progress{run, step, loss}  after every step of a run: the busy group's heartbeat
 //   Ready{finished: result} the run is over -> the next decision, as above
 //   StopRequest{}           a stop signal reached an idle leader
 //   Stop{}                  to every busy group once the job is stopping (a signal on any
 //                           rank, or a run came back interrupted); no further run is assigned
+//   Stop{cancel}            to the one group whose run a client of `s0d serve` cancelled: its
+//                           interrupted result is recorded as cancelled and the job goes on
 // Idle groups are parked, not released, while any group is still busy, so a Release always
 // means the job is over for every group; the final collective of `s0d run` then waits only for
 // rank 0, and a deadline on it is sound.
@@ -73,6 +75,22 @@ class Coordinator {
   Status Pump(Clock::time_point now);
   // A stop signal on this process: no further run is assigned; busy groups are told to stop.
   Status RequestStop();
+  // A client cancelled `run_id`. A run not yet assigned is dropped (its result: RUN_CANCELLED);
+  // a busy run's group is told to stop it at its next step boundary and the interrupted result
+  // it returns is recorded as RUN_CANCELLED (a result of done or failed, which may cross the
+  // cancel, stands). The rest of the job goes on. NotFound: the run is not one this coordinator
+  // still has to finish.
+  Status CancelRun(const std::string& run_id);
+
+  // A busy group's run as last reported. eta_s: the time left at the pace of the steps reported
+  // since the run was assigned (-1 before two reports).
+  struct RunProgress {
+    std::string run_id;
+    int64_t step = 0, n_steps = 0;
+    double loss = 0;
+    double eta_s = -1;
+  };
+  std::vector<RunProgress> Busy(Clock::time_point now) const;
 
   bool stopping() const { return stopping_; }
   bool finished() const;  // every group released
@@ -86,7 +104,11 @@ class Coordinator {
     std::string run_id;          // kBusy
     int64_t step = 0;            // kBusy: last reported
     int64_t n_steps = 0;
+    double loss = 0;             // kBusy: of the last reported step
+    int64_t first_step = -1;     // kBusy: the first step reported (a resumed run starts late)
+    Clock::time_point first;     // kBusy: when it was reported
     bool stop_sent = false;      // kBusy
+    bool cancel = false;         // kBusy: its run was cancelled
     Clock::time_point heard;     // kStarting, kBusy: last message
     Clock::time_point kept;      // kParked: last keepalive sent
   };

@@ -150,6 +150,7 @@ Status SyncStart(GroupComm& comm, const Status& local, OptimizerState& st) {
 // State shared by the hooks of one run.
 struct RunControl {
   bool coordinator_stop = false;
+  bool cancelled = false;      // the coordinator's stop is a client's cancel of this run
   bool step_computed = false;  // since the last boundary, every rank has this step's gradient
   Status fatal;                // a coordinator-link failure: the job must end
 };
@@ -247,6 +248,7 @@ Result<proto::RunResult> ExecuteRun(const GroupContext& ctx, const proto::RunSpe
           break;
         }
         control.coordinator_stop = true;
+        control.cancelled = control.cancelled || (*m)->stop().cancel();
       }
       if (!control.fatal.ok()) return control.fatal;
       stop = stop || control.coordinator_stop;
@@ -272,7 +274,9 @@ Result<proto::RunResult> ExecuteRun(const GroupContext& ctx, const proto::RunSpe
     }
     if (stop && b.next_step <= b.n_steps && leader) {
       spdlog::info("run {}: stopping before step {}/{} ({})", id, b.next_step, b.n_steps,
-                   control.coordinator_stop ? "the job is stopping" : "stop signal");
+                   control.cancelled          ? "cancelled"
+                   : control.coordinator_stop ? "the job is stopping"
+                                              : "stop signal");
     }
     return stop;
   };
@@ -284,6 +288,7 @@ Result<proto::RunResult> ExecuteRun(const GroupContext& ctx, const proto::RunSpe
     proto::Progress* p = m.mutable_progress();
     p->set_run_id(id);
     p->set_step(r.step);
+    p->set_loss(r.loss);
     Status sent = link->Send(m);
     if (!sent.ok() && control.fatal.ok()) control.fatal = sent;
   };

@@ -115,6 +115,9 @@ proto::JobSummary BuildSummary(const proto::ExpandedJob& job,
       case proto::RUN_FAILED:
         sum.set_n_failed(sum.n_failed() + 1);
         break;
+      case proto::RUN_CANCELLED:
+        sum.set_n_cancelled(sum.n_cancelled() + 1);
+        break;
       default:
         sum.set_n_unfinished(sum.n_unfinished() + 1);
         break;
@@ -151,7 +154,9 @@ proto::JobSummary BuildSummary(const proto::ExpandedJob& job,
 std::string SummaryText(const proto::JobSummary& s) {
   std::string t = "job " + s.job() + ": " + std::to_string(s.n_runs()) + " runs: " +
                   std::to_string(s.n_done()) + " done, " + std::to_string(s.n_failed()) +
-                  " failed, " + std::to_string(s.n_unfinished()) + " unfinished\n\n";
+                  " failed, " + std::to_string(s.n_unfinished()) + " unfinished" +
+                  (s.n_cancelled() > 0 ? ", " + std::to_string(s.n_cancelled()) + " cancelled" : "") +
+                  "\n\n";
   char line[512];
   std::snprintf(line, sizeof line, "%-40s %20s  %-11s %12s %10s %12s\n", "run", "seed", "state",
                 "final_loss", "wall_s", "mean |S0|");
@@ -162,7 +167,7 @@ std::string SummaryText(const proto::JobSummary& s) {
     double mean_norm = 0;
     for (double n : r.state_norm()) mean_norm += n;
     if (r.state_norm_size() > 0) mean_norm /= r.state_norm_size();
-    if (r.state() == proto::RUN_PENDING) {
+    if (r.state() == proto::RUN_PENDING || r.state() == proto::RUN_CANCELLED) {
       std::snprintf(line, sizeof line, "%-40s %20llu  %-11s\n", r.run_id().c_str(),
                     static_cast<unsigned long long>(r.seed()), state.c_str());
     } else {

@@ -52,7 +52,9 @@ Status InstallStopHandlers(const std::string& user_signal) {
 }
 
 void SetupLogging(const RankInfo& w, int group, spdlog::level::level_enum level) {
-  auto logger = spdlog::stderr_logger_mt("s0d-" + std::to_string(group));
+  // Not registered by name: `s0d serve` sets up a logger per job, under the same names.
+  auto logger = std::make_shared<spdlog::logger>("s0d-" + std::to_string(group),
+                                                 std::make_shared<spdlog::sinks::stderr_sink_mt>());
   const std::string tag = "[rank " + std::to_string(w.rank) + "/" + std::to_string(w.size) +
                           " group " + (group < 0 ? std::string("-") : std::to_string(group)) + "]";
   logger->set_pattern("%Y-%m-%d %H:%M:%S.%e %-5l " + tag + " %v");
@@ -117,10 +119,10 @@ int DecideExit(const proto::JobSummary& s) {
   return s.n_failed() > 0 ? kExitRunsFailed : kExitOk;
 }
 
-// Everything between MPI_Init and MPI_Finalize; the same status on every rank.
+// Between MPI_Init and MPI_Finalize of `s0d run`; the same status on every rank.
 int RunInWorld(const RunJobArgs& args, const RankInfo& w, spdlog::level::level_enum level) {
   const bool root = w.rank == 0;
-  // 1. The job: rank 0 reads and expands the spec; every rank gets the same bytes.
+  // The job: rank 0 reads and expands the spec; every rank gets the same bytes.
   std::string bytes;
   if (root) bytes = EncodeMessage(ReadJob(args.spec_path));
   MpiGroupComm startup(MPI_COMM_WORLD, "the job", kSpecTimeout, nullptr);
@@ -135,16 +137,29 @@ int RunInWorld(const RunJobArgs& args, const RankInfo& w, spdlog::level::level_e
     if (root) spdlog::error("job spec: {}", start.error());
     return kExitError;
   }
-  const proto::ExpandedJob& job = start.job();
+  return ExecuteJob(start.job(), w, level, nullptr, nullptr);
+}
+
+}  // namespace
+
+const std::atomic<bool>& StopFlag() { return g_stop; }
+
+int ExecuteJob(const proto::ExpandedJob& job, const RankInfo& w, spdlog::level::level_enum level,
+               JobObserver* observer, JobOutcome* outcome) {
+  const bool root = w.rank == 0;
+  // Rank 0 logs each reason the job cannot run and keeps the first for the outcome.
+  auto refuse = [&](const std::string& why) {
+    if (!root) return kExitError;
+    spdlog::error("{}", why);
+    if (outcome) outcome->error = why;
+    return kExitError;
+  };
   const proto::JobSpec& spec = job.spec();
   const int group_size = int(spec.runtime().group_size());
   const double stall = spec.runtime().stall_timeout_s();
   if (group_size < 1 || w.size % group_size != 0) {
-    if (root) {
-      spdlog::error("runtime.group_size {} does not divide the {} ranks of this job", group_size,
-                    w.size);
-    }
-    return kExitError;
+    return refuse("runtime.group_size " + std::to_string(group_size) + " does not divide the " +
+                  std::to_string(w.size) + " ranks of this job");
   }
   const int n_groups = w.size / group_size;
   const int group = w.rank / group_size;
@@ -205,15 +220,13 @@ int RunInWorld(const RunJobArgs& args, const RankInfo& w, spdlog::level::level_e
                                   -data_fp};
   if (Status s = world.AllReduceMax(agree); !s.ok()) AbortJob(s.ToString(), kExitAborted);
   if (agree[0] > 0) {
-    if (root) spdlog::error("rank {} could not load the model or data (its log says why)", agree[0] - 1);
-    return kExitError;
+    return refuse(root && !setup.ok() ? "cannot load the model or data: " + setup.status().ToString()
+                                      : "rank " + std::to_string(agree[0] - 1) +
+                                            " could not load the model or data (its log says why)");
   }
   if (agree[1] != -agree[2] || agree[3] != -agree[4]) {
-    if (root) {
-      spdlog::error("the ranks loaded different {} (the files differ between hosts?)",
-                    agree[1] != -agree[2] ? "models" : "data");
-    }
-    return kExitError;
+    return refuse(std::string("the ranks loaded different ") +
+                  (agree[1] != -agree[2] ? "models" : "data") + " (the files differ between hosts?)");
   }
   const TrainingSetup& ts = **setup;
   if (root) {
@@ -227,15 +240,17 @@ int RunInWorld(const RunJobArgs& args, const RankInfo& w, spdlog::level::level_e
   std::vector<proto::RunResult> previous;
   std::vector<proto::RunSpec> pending;
   std::array<int64_t, 1> prepared = {0};
+  std::string unprepared;
   if (root) {
     Status s = PrepareOnRankZero(job, ts, &previous, &pending);
+    if (s.ok() && observer) observer->OnPrepared(&previous, &pending);
     if (!s.ok()) {
-      spdlog::error("{}", s.ToString());
+      unprepared = s.ToString();
       prepared[0] = 1;
     }
   }
   if (Status s = world.AllReduceMax(prepared); !s.ok()) AbortJob(s.ToString(), kExitAborted);
-  if (prepared[0] != 0) return kExitError;
+  if (prepared[0] != 0) return refuse(unprepared);
 
   // 4. Work: rank 0 coordinates between its own steps; every group runs until released.
   std::unique_ptr<MpiCoordinatorTransport> transport;
@@ -249,7 +264,7 @@ int RunInWorld(const RunJobArgs& args, const RankInfo& w, spdlog::level::level_e
     co.group_size = group_size;
     coordinator = std::make_unique<Coordinator>(pending, n_groups, co, transport.get(),
                                                 Coordinator::Clock::now());
-    idle = [&coordinator] {
+    idle = [&coordinator, observer] {
       Status s;
       if (g_stop.load() && !coordinator->stopping()) {
         spdlog::info("stop signal: no further run is assigned; busy groups stop at their next "
@@ -257,6 +272,7 @@ int RunInWorld(const RunJobArgs& args, const RankInfo& w, spdlog::level::level_e
         s = coordinator->RequestStop();
       }
       if (s.ok()) s = coordinator->Pump(Coordinator::Clock::now());
+      if (s.ok() && observer) s = observer->OnPump(*coordinator, Coordinator::Clock::now());
       if (!s.ok()) AbortJob("coordinator: " + s.ToString(), kExitAborted);
     };
   }
@@ -309,9 +325,9 @@ int RunInWorld(const RunJobArgs& args, const RankInfo& w, spdlog::level::level_e
     const proto::JobSummary summary = BuildSummary(job, results);
     code = DecideExit(summary);
     if (Status s = WriteSummary(spec.out_dir(), summary); !s.ok()) {
-      spdlog::error("summary: {}", s.ToString());
-      code = kExitError;
+      code = refuse("summary: " + s.ToString());
     }
+    if (outcome) outcome->summary = summary;
     spdlog::info("job {}: {} done, {} failed, {} unfinished of {} runs; summary in {}/summary.txt{}",
                  spec.name(), summary.n_done(), summary.n_failed(), summary.n_unfinished(),
                  summary.n_runs(), spec.out_dir(),
@@ -326,29 +342,35 @@ int RunInWorld(const RunJobArgs& args, const RankInfo& w, spdlog::level::level_e
   return int(exit_code[0]);
 }
 
-}  // namespace
-
 int RunJob(const RunJobArgs& args) {
+  return WithMpi("s0d run " + args.spec_path, args.stop_signal, args.log_level,
+                 [&args](const RankInfo& w, spdlog::level::level_enum level) {
+                   return RunInWorld(args, w, level);
+                 });
+}
+
+int WithMpi(const std::string& what, const std::string& stop_signal, const std::string& log_level,
+            const std::function<int(const RankInfo&, spdlog::level::level_enum)>& body) {
   static const std::pair<const char*, spdlog::level::level_enum> kLevels[] = {
       {"trace", spdlog::level::trace}, {"debug", spdlog::level::debug},
       {"info", spdlog::level::info},   {"warn", spdlog::level::warn},
       {"error", spdlog::level::err}};
   auto level = spdlog::level::off;
   for (const auto& [name, l] : kLevels) {
-    if (args.log_level == name) level = l;
+    if (log_level == name) level = l;
   }
   if (level == spdlog::level::off) {
-    std::fprintf(stderr, "s0d run: --log-level %s: expected trace, debug, info, warn or error\n",
-                 args.log_level.c_str());
+    std::fprintf(stderr, "s0d: --log-level %s: expected trace, debug, info, warn or error\n",
+                 log_level.c_str());
     return kExitUsage;
   }
-  if (Status s = InstallStopHandlers(args.stop_signal); !s.ok()) {
-    std::fprintf(stderr, "s0d run: %s\n", s.ToString().c_str());
+  if (Status s = InstallStopHandlers(stop_signal); !s.ok()) {
+    std::fprintf(stderr, "s0d: %s\n", s.ToString().c_str());
     return kExitUsage;
   }
   int provided = 0;
   if (MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
-    std::fprintf(stderr, "s0d run: MPI_Init_thread failed\n");
+    std::fprintf(stderr, "s0d: MPI_Init_thread failed\n");
     return kExitError;
   }
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
@@ -356,8 +378,8 @@ int RunJob(const RunJobArgs& args) {
   if (!w.ok()) AbortJob(w.status().ToString(), kExitAborted);
   SetCheckRank(w->rank);
   SetupLogging(*w, -1, level);
-  if (w->rank == 0) spdlog::info("s0d run {}: {} rank{}", args.spec_path, w->size, w->size > 1 ? "s" : "");
-  const int code = RunInWorld(args, *w, level);
+  if (w->rank == 0) spdlog::info("{}: {} rank{}", what, w->size, w->size > 1 ? "s" : "");
+  const int code = body(*w, level);
   spdlog::default_logger()->flush();
   MPI_Finalize();
   return code;

@@ -14,6 +14,14 @@ constexpr Adder kCommands[] = {
     &s0::cli::AddTokenizeCommand,
     &s0::cli::AddGradCommand,
     &s0::cli::AddTrainCommand,
+    &s0::cli::AddSubmitCommand,
+    &s0::cli::AddStatusCommand,
+    &s0::cli::AddListCommand,
+    &s0::cli::AddWatchCommand,
+    &s0::cli::AddCancelCommand,
+    &s0::cli::AddResultsCommand,
+    &s0::cli::AddShutdownCommand,
+    &s0::cli::AddKeygenCommand,
 };
 
 }  // namespace
