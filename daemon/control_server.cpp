@@ -221,9 +221,11 @@ void ControlServer::Impl::HandleRequest(zmq::socket_t& router, std::list<Watcher
       DecodeMessage(std::string_view(static_cast<const char*>(frames[1].data()), frames[1].size()),
                     &request, "the request");
   if (!decoded.ok()) {
-    // A request of another version parses: answer it under its own id.
+    // A request of another version parsed: answer it under its own id. What did not parse may
+    // hold a partial id: not one to trust.
     options.log->warn("unreadable request: {}", decoded.message());
-    Send(router, peer, ErrorReply(request.request_id(), proto::Error::BAD_REQUEST, decoded.message()));
+    const uint64_t id = decoded.code() == Code::kCorruption ? 0 : request.request_id();
+    Send(router, peer, ErrorReply(id, proto::Error::BAD_REQUEST, decoded.message()));
     return;
   }
   if (request.has_watch()) {

@@ -332,8 +332,9 @@ Result<proto::RunResult> ExecuteRun(const GroupContext& ctx, const proto::RunSpe
   if (t.interrupted) {
     result.set_state(proto::RUN_INTERRUPTED);
     if (leader) {
-      spdlog::info("run {}: stopped after step {}/{}; committed to {}; a rerun resumes it", id,
-                   t.steps_done, options->hp.n_steps, session.run_path);
+      spdlog::info("run {}: {} after step {}/{}; committed to {}{}", id,
+                   control.cancelled ? "cancelled" : "stopped", t.steps_done, options->hp.n_steps,
+                   session.run_path, control.cancelled ? "" : "; a rerun resumes it");
     }
     return result;
   }
