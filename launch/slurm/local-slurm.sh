@@ -13,7 +13,8 @@
 #                     ended; default 120, as Slurm's; at least 5
 #
 # Needs root (slurmd starts jobs as their users) and Debian's slurmctld, slurmd, slurm-client and
-# munge (launch/install_deps.sh). The node is this host (`hostname -s`) with all its CPUs, in
+# munge (launch/install_deps.sh). Every directory above DIR must be searchable by all (munged
+# refuses a socket others cannot reach). The node is this host (`hostname -s`) with all its CPUs, in
 # partition "debug". The daemons bind to the address this host's name resolves to
 # (CommunicationParameters=NoCtldInAddrAny,NoInAddrAny), which must be a loopback address
 # (Debian's /etc/hosts has `127.0.1.1 <hostname>`); otherwise start refuses, rather than open
