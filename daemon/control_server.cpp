@@ -85,9 +85,10 @@ Result<std::set<std::string>> ReadClientKeys(const std::string& path) {
   int n = 0;
   for (std::string line; std::getline(in, line);) {
     ++n;
-    line = Trim(line.substr(0, line.find('#')));
-    if (line.empty()) continue;
+    line = Trim(line);
+    // '#' is a Z85 character: a comment is a line that starts with it and is not a key.
     const std::string bin = DecodeKey(line);
+    if (bin.empty() && (line.empty() || line[0] == '#')) continue;
     if (bin.empty()) {
       return Status::InvalidArgument(path + ":" + std::to_string(n) +
                                      ": not a CURVE public key (40 Z85 characters)");
@@ -336,6 +337,7 @@ void ControlServer::Stop() {
   zmq::message_t m;
   (void)impl_->pipe.recv(m);
   impl_->thread.join();
+  impl_->lock.reset();  // the socket is closed: the endpoint is free
 }
 
 Result<std::unique_ptr<ControlServer>> ControlServer::Start(const ControlOptions& options, Handler handler) {

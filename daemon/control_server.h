@@ -57,7 +57,8 @@ class FileLock {
 struct ControlOptions {
   std::string endpoint;            // default: DefaultEndpoint()
   std::string curve_secret_file;   // the server's CURVE secret key, 40 Z85 characters
-  std::string curve_clients_file;  // admitted client public keys, Z85, one a line, '#' comments
+  std::string curve_clients_file;  // admitted client public keys, Z85, one a line; other lines
+                                   // that start with '#' are comments
   bool require_curve = false;      // CURVE on loopback too
   std::shared_ptr<spdlog::logger> log;  // the thread's logger (not spdlog's default logger,
                                         // which the main thread replaces per job)
@@ -74,7 +75,8 @@ class ControlServer {
   // endpoint or it cannot be bound.
   static Result<std::unique_ptr<ControlServer>> Start(const ControlOptions& options, Handler handler);
   ~ControlServer();  // Stop()
-  // Tells the thread to end (watchers get an error), joins it; idempotent.
+  // Tells the thread to end (watchers get an error), joins it, releases the endpoint's lock;
+  // idempotent.
   void Stop();
   const std::string& endpoint() const;
 

@@ -1,7 +1,8 @@
 // The coordinator's protocol in one process, over a fake transport and a fake clock: runs go to
 // groups as they free up, each exactly once; idle groups are parked (with keepalives) until the
-// last busy group finishes; a stop reaches every busy group and assigns nothing more; a silent
-// group and every protocol violation are errors naming the group.
+// last busy group finishes; a stop reaches every busy group and assigns nothing more; a cancel
+// drops a waiting run or stops only the group running it, and the job goes on; busy runs report
+// step, loss and ETA; a silent group and every protocol violation are errors naming the group.
 #include "daemon/coordinator.h"
 
 #include <gtest/gtest.h>
@@ -74,12 +75,13 @@ proto::WorkerMessage Finished(int g, const std::string& run_id,
   return m;
 }
 
-proto::WorkerMessage Progress(int g, const std::string& run_id, int64_t step) {
+proto::WorkerMessage Progress(int g, const std::string& run_id, int64_t step, double loss = 0) {
   proto::WorkerMessage m;
   m.set_version(kProtocolVersion);
   m.set_group(uint32_t(g));
   m.mutable_progress()->set_run_id(run_id);
   m.mutable_progress()->set_step(step);
+  m.mutable_progress()->set_loss(loss);
   return m;
 }
 
@@ -198,6 +200,89 @@ TEST(Coordinator, InterruptedRunOrStopRequestStopsTheJob) {
   }
 }
 
+std::map<std::string, proto::RunState> States(const Coordinator& c) {
+  std::map<std::string, proto::RunState> out;
+  for (const auto& r : c.results()) EXPECT_TRUE(out.emplace(r.run_id(), r.state()).second) << r.run_id();
+  return out;
+}
+
+TEST(Coordinator, CancelDropsAWaitingRunOrStopsOnlyTheGroupRunningIt) {
+  Fixture f(4, 2);
+  ASSERT_TRUE(f.Deliver(0, Ready(0)).ok());
+  ASSERT_TRUE(f.Deliver(1, Ready(1)).ok());
+  EXPECT_EQ(f.One(0, Msg::kAssign).assign().run_id(), "seed-0");
+  EXPECT_EQ(f.One(1, Msg::kAssign).assign().run_id(), "seed-1");
+  ASSERT_TRUE(f.c->CancelRun("seed-3").ok());  // waiting: dropped, nobody told
+  EXPECT_TRUE(f.t.Take(0).empty());
+  EXPECT_TRUE(f.t.Take(1).empty());
+  ASSERT_TRUE(f.c->CancelRun("seed-1").ok());  // busy: only its group stops
+  EXPECT_TRUE(f.One(1, Msg::kStop).stop().cancel());
+  EXPECT_TRUE(f.t.Take(0).empty());
+  ASSERT_TRUE(f.Deliver(1, Finished(1, "seed-1", proto::RUN_INTERRUPTED)).ok());
+  EXPECT_FALSE(f.c->stopping()) << "a cancelled run does not stop the job";
+  EXPECT_EQ(f.One(1, Msg::kAssign).assign().run_id(), "seed-2") << "seed-3 is not assigned";
+  EXPECT_EQ(f.c->CancelRun("seed-1").code(), Code::kNotFound);
+  EXPECT_EQ(f.c->CancelRun("seed-9").code(), Code::kNotFound);
+  ASSERT_TRUE(f.Deliver(0, Finished(0, "seed-0")).ok());
+  ASSERT_TRUE(f.Deliver(1, Finished(1, "seed-2")).ok());
+  for (int g = 0; g < 2; ++g) EXPECT_FALSE(f.One(g, Msg::kRelease).release().stopped());
+  EXPECT_EQ(States(*f.c), (std::map<std::string, proto::RunState>{{"seed-0", proto::RUN_DONE},
+                                                                 {"seed-1", proto::RUN_CANCELLED},
+                                                                 {"seed-2", proto::RUN_DONE},
+                                                                 {"seed-3", proto::RUN_CANCELLED}}));
+}
+
+TEST(Coordinator, CancellingTheLastRunReleasesTheParkedGroupsAndADoneResultStands) {
+  {
+    Fixture f(1, 2);
+    ASSERT_TRUE(f.Deliver(0, Ready(0)).ok());
+    ASSERT_TRUE(f.Deliver(1, Ready(1)).ok());  // nothing left: parked
+    f.t.Take(0);
+    EXPECT_TRUE(f.t.Take(1).empty());
+    ASSERT_TRUE(f.c->CancelRun("seed-0").ok());
+    f.One(0, Msg::kStop);
+    ASSERT_TRUE(f.Deliver(0, Finished(0, "seed-0", proto::RUN_INTERRUPTED)).ok());
+    for (int g = 0; g < 2; ++g) EXPECT_FALSE(f.One(g, Msg::kRelease).release().stopped());
+    EXPECT_EQ(States(*f.c)["seed-0"], proto::RUN_CANCELLED);
+  }
+  {
+    // The run finished before its group read the cancel: done is done.
+    Fixture f(2, 1);
+    ASSERT_TRUE(f.Deliver(0, Ready(0)).ok());
+    f.t.Take(0);
+    ASSERT_TRUE(f.c->CancelRun("seed-1").ok());  // waiting, and the last one
+    EXPECT_TRUE(f.t.Take(0).empty()) << "group 0 is busy: nothing to release yet";
+    ASSERT_TRUE(f.c->CancelRun("seed-0").ok());
+    f.One(0, Msg::kStop);
+    ASSERT_TRUE(f.Deliver(0, Finished(0, "seed-0")).ok());
+    EXPECT_FALSE(f.One(0, Msg::kRelease).release().stopped());
+    EXPECT_EQ(States(*f.c), (std::map<std::string, proto::RunState>{{"seed-0", proto::RUN_DONE},
+                                                                   {"seed-1", proto::RUN_CANCELLED}}));
+  }
+}
+
+TEST(Coordinator, BusyRunsReportStepLossAndEta) {
+  Fixture f(1, 1, /*stall=*/100);
+  ASSERT_TRUE(f.Deliver(0, Ready(0)).ok());
+  f.Advance(5);  // loading the model is not a step
+  ASSERT_TRUE(f.Deliver(0, Progress(0, "seed-0", 1, 2.5)).ok());
+  std::vector<Coordinator::RunProgress> b = f.c->Busy(f.now);
+  ASSERT_EQ(b.size(), 1u);
+  EXPECT_EQ(b[0].run_id, "seed-0");
+  EXPECT_EQ(b[0].step, 1);
+  EXPECT_EQ(b[0].n_steps, 3);
+  EXPECT_EQ(b[0].loss, 2.5);
+  EXPECT_EQ(b[0].eta_s, -1) << "one report gives no pace";
+  f.Advance(2);
+  ASSERT_TRUE(f.Deliver(0, Progress(0, "seed-0", 2, 2.0)).ok());
+  f.Advance(0.5);
+  b = f.c->Busy(f.now);
+  EXPECT_EQ(b[0].loss, 2.0);
+  EXPECT_NEAR(b[0].eta_s, 2.0 * 1 - 0.5, 1e-9) << "2 s a step, one step left, 0.5 s into it";
+  ASSERT_TRUE(f.Deliver(0, Finished(0, "seed-0")).ok());
+  EXPECT_TRUE(f.c->Busy(f.now).empty());
+}
+
 TEST(Coordinator, StopRequestCrossingTheReleaseIsHarmless) {
   Fixture f(0, 2);
   ASSERT_TRUE(f.Deliver(1, Ready(1)).ok());
@@ -274,6 +359,9 @@ TEST(Coordinator, ProtocolViolationsAreErrorsNamingTheGroup) {
       {"result with a pending state",
        [](Fixture& f) { return f.Deliver(0, Finished(0, "seed-0", proto::RUN_PENDING)); },
        "has state RUN_PENDING"},
+      {"result cancelled by the group itself",
+       [](Fixture& f) { return f.Deliver(0, Finished(0, "seed-0", proto::RUN_CANCELLED)); },
+       "has state RUN_CANCELLED"},
       {"message after release",
        [](Fixture& f) {
          Fixture g(0, 2);
