@@ -954,12 +954,14 @@ size_t GdnBackwardWorkspaceBytes(const GdnPackedDims& dims) {
 }
 
 void GatedDeltaRuleCudaForward(const GdnPackedDims& dims, const GdnPackedInputs& in, float* o,
-                               void* workspace, cudaStream_t stream) {
+                               void* workspace, cudaStream_t stream, bool keep_for_backward) {
   const Shape sh = MakeShape(dims);
   CheckInputs(in);
   S0_CHECK(o && workspace);
   Workspace ws;
-  Carve(dims, false, static_cast<char*>(workspace), ws);
+  // Kept: the backward's layout, whose first arrays are the forward's, plus T (PrepareKernel
+  // writes it when the workspace has it).
+  Carve(dims, keep_for_backward, static_cast<char*>(workspace), ws);
   const dim3 chunks = ChunkGrid(dims, sh), scan = ScanGrid(dims, sh);
   Launch(PrepareKernel, chunks, PrepareSmem(sh.dk, sh.dv).floats, stream, sh, in, ws);
   Launch(StateForwardKernel, scan, StateForwardSmem(sh.dk).floats, stream, sh, in, ws);
@@ -968,7 +970,7 @@ void GatedDeltaRuleCudaForward(const GdnPackedDims& dims, const GdnPackedInputs&
 
 void GatedDeltaRuleCudaBackward(const GdnPackedDims& dims, const GdnPackedInputs& in,
                                 const float* dout, const GdnPackedGrads& grads, void* workspace,
-                                cudaStream_t stream) {
+                                cudaStream_t stream, bool forward_kept) {
   const Shape sh = MakeShape(dims);
   CheckInputs(in);
   S0_CHECK(dout && grads.ds0 && workspace);
@@ -981,9 +983,14 @@ void GatedDeltaRuleCudaBackward(const GdnPackedDims& dims, const GdnPackedInputs
   Carve(dims, true, static_cast<char*>(workspace), ws);
   if (!input_grads) ws.tinv = ws.dstates = nullptr;  // only dS0: no WY backward, no dH tape
   const dim3 chunks = ChunkGrid(dims, sh), scan = ScanGrid(dims, sh);
-  Launch(PrepareKernel, chunks, PrepareSmem(sh.dk, sh.dv).floats, stream, sh, in, ws);
-  if (input_grads) {
-    Launch(StateForwardKernel, scan, StateForwardSmem(sh.dk).floats, stream, sh, in, ws);
+  // The forward's W, Delta (over U), A, decay factors, T and chunk-start states: kept by the
+  // forward call, or recomputed. (The dS0-only kernels read neither U nor Delta, so a kept
+  // workspace, where U has become Delta, serves them as well.)
+  if (!forward_kept) {
+    Launch(PrepareKernel, chunks, PrepareSmem(sh.dk, sh.dv).floats, stream, sh, in, ws);
+    if (input_grads) {
+      Launch(StateForwardKernel, scan, StateForwardSmem(sh.dk).floats, stream, sh, in, ws);
+    }
   }
   Launch(DDeltaLocalKernel, chunks, DDeltaLocalSmem(sh.dv).floats, stream, sh, in, dout, ws);
   Launch(StateBackwardKernel, scan, StateBackwardSmem(sh.dk).floats, stream, sh, in, dout, ws);

@@ -74,13 +74,20 @@ struct GdnPackedGrads {
 size_t GdnForwardWorkspaceBytes(const GdnPackedDims& dims);
 size_t GdnBackwardWorkspaceBytes(const GdnPackedDims& dims);
 
-// o: [T, H_v, d_v].
+// o: [T, H_v, d_v]. With keep_for_backward the workspace must hold
+// GdnBackwardWorkspaceBytes(dims): the call leaves there the per-chunk forward quantities the
+// backward needs (W, Delta, A, the decay factors, T, the chunk-start states) for a following
+// GatedDeltaRuleCudaBackward with forward_kept.
 void GatedDeltaRuleCudaForward(const GdnPackedDims& dims, const GdnPackedInputs& in, float* o,
-                               void* workspace, cudaStream_t stream);
+                               void* workspace, cudaStream_t stream,
+                               bool keep_for_backward = false);
 
-// dout: [T, H_v, d_v]. Recomputes the forward from `in` (nothing is kept between the calls).
+// dout: [T, H_v, d_v]. Recomputes the forward's per-chunk quantities from `in`, or, with
+// forward_kept, takes them from the workspace, where a GatedDeltaRuleCudaForward with
+// keep_for_backward and the same dims and inputs left them (nothing else may have used the
+// workspace in between). Both give bit-identical results.
 void GatedDeltaRuleCudaBackward(const GdnPackedDims& dims, const GdnPackedInputs& in,
                                 const float* dout, const GdnPackedGrads& grads, void* workspace,
-                                cudaStream_t stream);
+                                cudaStream_t stream, bool forward_kept = false);
 
 }  // namespace s0

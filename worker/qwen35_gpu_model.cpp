@@ -525,7 +525,7 @@ void Qwen35GpuModel::LayerForward(int layer, const MicroBatch& mb, const float* 
   gpu::RmsNormForward(h0, w.input_ln.data(), s.xn, T, H, eps, st);
   if (h1 != h0) CopyDeviceToDevice(h1, h0, size_t(T * H) * sizeof(float), st);
   if (w.type == LayerType::kLinearAttention) {
-    DeltaForward(w, layer, mb, h1);
+    DeltaForward(w, layer, mb, h1, /*keep_for_backward=*/!full);
   } else {
     AttentionForward(w, mb, h1);
   }
@@ -538,7 +538,7 @@ void Qwen35GpuModel::LayerForward(int layer, const MicroBatch& mb, const float* 
 }
 
 void Qwen35GpuModel::DeltaForward(const LayerWeights& w, int layer, const MicroBatch& mb,
-                                  float* h1) {
+                                  float* h1, bool keep_for_backward) {
   const Qwen35Config& c = config_;
   Scratch& s = *scratch_;
   const int64_t T = mb.tokens, H = c.hidden_size;
@@ -558,7 +558,7 @@ void Qwen35GpuModel::DeltaForward(const LayerWeights& w, int layer, const MicroB
   gpu::GdnGatesForward(s.a, s.b, w.a_log.data(), w.dt_bias.data(), s.g, s.beta, T, hv, st);
   const GdnPackedDims dims{T, int64_t(mb.count), hk, hv, dk, dv};
   const GdnPackedInputs in{s.cu_seqlens, s.qn, s.kn, s.v, s.g, s.beta, s0_.at(layer).data()};
-  GatedDeltaRuleCudaForward(dims, in, s.o, s.kernel.data(), st);
+  GatedDeltaRuleCudaForward(dims, in, s.o, s.kernel.data(), st, keep_for_backward);
   gpu::GdnGatedRmsNormForward(s.o, s.z, w.gnorm.data(), s.y, T * hv, dv, float(c.rms_norm_eps), st);
   LinearForward(ctx_, s.y, w.out.data(), h1, T, vd, H, OutputMode::kAccumulate);
 }
@@ -633,7 +633,9 @@ void Qwen35GpuModel::DeltaBackward(const LayerWeights& w, int layer, const Micro
   GdnPackedGrads grads;
   grads.ds0 = s.ds0.data();
   if (!stop) grads = {s.dqn, s.dkn, s.dv, s.dg, s.dbeta, s.ds0.data()};
-  GatedDeltaRuleCudaBackward(dims, in, s.d_o, grads, s.kernel.data(), st);
+  // The recompute (LayerForward with full = false) kept the delta rule's chunk quantities in
+  // s.kernel; nothing used it since.
+  GatedDeltaRuleCudaBackward(dims, in, s.d_o, grads, s.kernel.data(), st, /*forward_kept=*/true);
   if (ds0 != nullptr) gpu::AccumulateInto(ds0, s.ds0.data(), state_size(), st);
   if (stop) return;
 

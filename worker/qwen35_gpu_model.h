@@ -143,7 +143,10 @@ class Qwen35GpuModel {
   // One decoder layer on h1, whose input is h0 (h1 may equal h0: in place). With `full` false
   // it stops after the MLP's gate/up projections (the backward's recompute).
   void LayerForward(int layer, const MicroBatch& mb, const float* h0, float* h1, bool full);
-  void DeltaForward(const LayerWeights& w, int layer, const MicroBatch& mb, float* h1);
+  // keep_for_backward (the backward's recompute): the delta rule leaves its per-chunk forward
+  // quantities in the kernel workspace for DeltaBackward, which then skips recomputing them.
+  void DeltaForward(const LayerWeights& w, int layer, const MicroBatch& mb, float* h1,
+                    bool keep_for_backward);
   void AttentionForward(const LayerWeights& w, const MicroBatch& mb, float* h1);
   // dh (in place): gradient w.r.t. the layer's output -> its input, after LayerForward(full =
   // false) from h0 into scratch h1. Adds dS0 into ds0 when it is not null; with `stop` it

@@ -150,7 +150,9 @@ Reference CpuReference(const Problem& p) {
 class GdnCudaTest : public test::GpuTest {
  protected:
   // Forward, then backward (all input gradients, or dS0 only), on fresh device buffers.
-  Result Run(const Problem& p, bool input_grads) {
+  // keep: the forward keeps its per-chunk quantities and the backward uses them (kept
+  // workspace); otherwise the backward recomputes them in a workspace poisoned again first.
+  Result Run(const Problem& p, bool input_grads, bool keep = false) {
     const cudaStream_t st = stream();
     DeviceBuffer<int32_t> cu(p.cu.size());
     cu.Upload(p.cu, st);
@@ -168,10 +170,10 @@ class GdnCudaTest : public test::GpuTest {
 
     Result r;
     test::GuardedOutput<float> o(p.dout.size(), st);
-    GatedDeltaRuleCudaForward(p.dims, in, o.data(), ws.data(), st);
+    GatedDeltaRuleCudaForward(p.dims, in, o.data(), ws.data(), st, keep);
     r.o = o.Read("o", st);
 
-    ws.FillBytes(0xFF, st);
+    if (!keep) ws.FillBytes(0xFF, st);
     test::GuardedOutput<float> dq(p.q.size(), st), dk(p.k.size(), st), dv(p.v.size(), st),
         dg(p.g.size(), st), dbeta(p.beta.size(), st), ds0(p.s0.size(), st);
     GdnPackedGrads grads{.ds0 = ds0.data()};
@@ -182,7 +184,7 @@ class GdnCudaTest : public test::GpuTest {
       grads.dg = dg.data();
       grads.dbeta = dbeta.data();
     }
-    GatedDeltaRuleCudaBackward(p.dims, in, dout.data(), grads, ws.data(), st);
+    GatedDeltaRuleCudaBackward(p.dims, in, dout.data(), grads, ws.data(), st, keep);
     r.ds0 = ds0.Read("ds0", st);
     if (input_grads) {
       r.dq = dq.Read("dq", st);
@@ -254,6 +256,23 @@ TEST_F(GdnCudaTest, Ds0OnlyBackwardMatchesFullBackward) {
   ASSERT_EQ(full.ds0.size(), ds0_only.ds0.size());
   EXPECT_EQ(0, std::memcmp(full.ds0.data(), ds0_only.ds0.data(), full.ds0.size() * sizeof(float)));
   EXPECT_TRUE(test::RelNormClose("ds0", ToDouble(ds0_only.ds0), CpuReference(p).ds0, kRelL2));
+}
+
+// A backward that takes the forward's kept chunk quantities gives what one that recomputes them
+// gives, bit for bit, with and without input gradients.
+TEST_F(GdnCudaTest, BackwardFromAKeptForwardIsBitIdentical) {
+  const Problem p({.lens = {130, 64, 7}, .hk = 2, .hv = 6, .decay = Decay::kMixed}, 900);
+  for (bool input_grads : {true, false}) {
+    SCOPED_TRACE(input_grads ? "with input gradients" : "dS0 only");
+    const Result a = Run(p, input_grads, /*keep=*/true), b = Run(p, input_grads, false);
+    for (auto field : {&Result::o, &Result::dq, &Result::dk, &Result::dv, &Result::dg,
+                       &Result::dbeta, &Result::ds0}) {
+      ASSERT_EQ((a.*field).size(), (b.*field).size());
+      EXPECT_EQ(0, std::memcmp((a.*field).data(), (b.*field).data(),
+                               (a.*field).size() * sizeof(float)));
+    }
+    EXPECT_FALSE(a.ds0.empty());
+  }
 }
 
 // No atomics and fixed summation orders: two runs agree bit for bit.
