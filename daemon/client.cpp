@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <random>
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
@@ -64,9 +65,14 @@ Status CheckIpcEndpoint(const std::string& endpoint) {
   return Status::Ok();
 }
 
+// --curve-server-key: a file holding the key, or the key itself.
 Result<std::string> KeyArgument(const std::string& value) {
-  if (value.size() == 40) return value;  // the key itself
-  return ReadCurveKey(value);
+  std::error_code ec;
+  if (std::filesystem::exists(value, ec)) return ReadCurveKey(value);
+  uint8_t bin[32];
+  if (value.size() == 40 && zmq_z85_decode(bin, value.c_str()) != nullptr) return value;
+  return Status::InvalidArgument("--curve-server-key " + value +
+                                 ": neither a file nor a CURVE key (40 Z85 characters)");
 }
 
 }  // namespace

@@ -166,6 +166,15 @@ int ExecuteJob(const proto::ExpandedJob& job, const RankInfo& w, spdlog::level::
   const bool leader = w.rank % group_size == 0;
   SetupLogging(w, group, level);
   MPI_Comm group_mpi = MPI_COMM_NULL, leaders_mpi = MPI_COMM_NULL;
+  // Freed on every way out: `s0d serve` runs the next job in the same MPI lifetime.
+  struct FreeComms {
+    MPI_Comm* comms[2];
+    ~FreeComms() {
+      for (MPI_Comm* c : comms) {
+        if (*c != MPI_COMM_NULL) MPI_Comm_free(c);
+      }
+    }
+  } free_comms{{&group_mpi, &leaders_mpi}};
   if (int rc = MPI_Comm_split(MPI_COMM_WORLD, group, w.rank, &group_mpi); rc != MPI_SUCCESS) {
     AbortJob("MPI_Comm_split (groups): " + MpiErrorText(rc), kExitAborted);
   }
@@ -337,8 +346,6 @@ int ExecuteJob(const proto::ExpandedJob& job, const RankInfo& w, spdlog::level::
   }
   std::array<int64_t, 1> exit_code = {code};
   if (Status s = world.AllReduceMax(exit_code); !s.ok()) AbortJob(s.ToString(), kExitAborted);
-  MPI_Comm_free(&group_mpi);
-  if (leaders_mpi != MPI_COMM_NULL) MPI_Comm_free(&leaders_mpi);
   return int(exit_code[0]);
 }
 

@@ -60,11 +60,9 @@ TEST(ServeControl, LazyPirateRetriesReachTheHandlerUnderOneRequestId) {
   Client client(co);
   proto::Request r;
   r.mutable_list();
-  const auto start = Clock::now();
   Result<proto::Reply> reply = client.Call(r);
   ASSERT_TRUE(reply.ok()) << reply.status().ToString();
   EXPECT_TRUE(reply->has_list());
-  EXPECT_LT(std::chrono::duration<double>(Clock::now() - start).count(), 1.2);
   std::lock_guard<std::mutex> lock(mu);
   ASSERT_GE(seen.size(), 2u);
   for (uint64_t id : seen) EXPECT_EQ(id, seen[0]) << "a retry is the same request";
