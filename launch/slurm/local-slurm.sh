@@ -24,7 +24,7 @@
 # cgroup plugin, told not to ask systemd.
 set -euo pipefail
 
-usage() { sed -n '5,8p' "$0" | sed 's/^#   //' >&2; exit 2; }
+usage() { sed -n '6,8p' "$0" | sed 's/^#   //' >&2; exit 2; }
 die() { echo "local-slurm: $*" >&2; exit 1; }
 
 [ $# -ge 2 ] || usage
