@@ -32,6 +32,7 @@
 
 #include "checkpoints/run_file.h"
 #include "checkpoints/safetensors.h"
+#include "tests/common/short_examples.h"
 #include "tests/common/test_paths.h"
 
 extern char** environ;
@@ -43,37 +44,15 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
 const std::string kS0d = std::string(S0_BINARY_DIR) + "/daemon/s0d";
-const std::string kFixture = "tests/fixtures/qwen35/text_f32_grouped";
+const std::string kFixture = test::kEmbeddedFixture;
 
 std::string Slurp(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
-// Eight short examples: the fixture's 40- and 20-token ones with their ids shifted (the model's
-// vocabulary is 384), so that seeded subsamples differ.
-std::string MakeData(const std::string& dir) {
-  std::vector<std::pair<std::vector<int>, int>> base;
-  std::ifstream in(test::SourcePath(kFixture + "/data.jsonl"));
-  for (std::string line; std::getline(in, line);) {
-    nlohmann::json j = nlohmann::json::parse(line);
-    if (j["input_ids"].size() <= 40) base.push_back({j["input_ids"], j["prompt_len"]});
-  }
-  EXPECT_EQ(base.size(), 2u);
-  const std::string path = dir + "/data.jsonl";
-  std::ofstream out(path);
-  for (int k = 0; k < 4; ++k) {
-    for (const auto& [ids, prompt_len] : base) {
-      nlohmann::json j;
-      std::vector<int> shifted;
-      for (int id : ids) shifted.push_back((id + 11 * k) % 384);
-      j["input_ids"] = shifted;
-      j["prompt_len"] = prompt_len;
-      out << j.dump() << "\n";
-    }
-  }
-  return path;
-}
+// Eight short examples (tests/common/short_examples.h).
+std::string MakeData(const std::string& dir) { return test::WriteShortExamples(dir, 4); }
 
 struct SpecOptions {
   std::string seeds = "[1, 2, 3]";

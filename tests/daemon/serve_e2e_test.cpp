@@ -38,6 +38,7 @@
 #include "checkpoints/run_file.h"
 #include "daemon/client.h"
 #include "proto/api.pb.h"
+#include "tests/common/short_examples.h"
 #include "tests/common/test_paths.h"
 
 extern char** environ;
@@ -50,7 +51,7 @@ using Clock = std::chrono::steady_clock;
 
 const std::string kS0d = std::string(S0_BINARY_DIR) + "/daemon/s0d";
 const std::string kS0 = std::string(S0_BINARY_DIR) + "/daemon/s0";
-const std::string kFixture = "tests/fixtures/qwen35/text_f32_grouped";
+const std::string kFixture = test::kEmbeddedFixture;
 
 std::string Slurp(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -206,28 +207,8 @@ class Daemon {
   pid_t pid_ = -1;
 };
 
-// Four short examples (the fixture's 40- and 20-token ones, ids shifted) keep a step short.
-std::string MakeData(const std::string& dir) {
-  std::vector<std::pair<std::vector<int>, int>> base;
-  std::ifstream in(test::SourcePath(kFixture + "/data.jsonl"));
-  for (std::string line; std::getline(in, line);) {
-    nlohmann::json j = nlohmann::json::parse(line);
-    if (j["input_ids"].size() <= 40) base.push_back({j["input_ids"], j["prompt_len"]});
-  }
-  const std::string path = dir + "/data.jsonl";
-  std::ofstream out(path);
-  for (int k = 0; k < 2; ++k) {
-    for (const auto& [ids, prompt_len] : base) {
-      nlohmann::json j;
-      std::vector<int> shifted;
-      for (int id : ids) shifted.push_back((id + 11 * k) % 384);
-      j["input_ids"] = shifted;
-      j["prompt_len"] = prompt_len;
-      out << j.dump() << "\n";
-    }
-  }
-  return path;
-}
+// Four short examples keep a step short (tests/common/short_examples.h).
+std::string MakeData(const std::string& dir) { return test::WriteShortExamples(dir, 2); }
 
 // DIR/NAME.txtpb with out_dir NAME (relative: resolved against the spec's directory).
 std::string WriteSpec(const std::string& dir, const std::string& name, const std::string& seeds,
