@@ -333,21 +333,10 @@ void CheckInputs(const AttentionPackedInputs& in) {
   S0_CHECK(in.cu_seqlens && in.q && in.k && in.v);
 }
 
-// Launches kernel<<<grid, kThreads, smem_floats * 4, stream>>>(args...); nothing for an empty grid.
-template <typename... Params, typename... Args>
-void Launch(void (*kernel)(Params...), dim3 grid, int64_t smem_floats, cudaStream_t stream,
-            Args... args) {
-  if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
-  const size_t bytes = size_t(smem_floats) * sizeof(float);
-  int device = 0, limit = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  S0_CHECK_MSG(bytes <= size_t(limit), "attention kernel needs " + std::to_string(bytes) +
-                                           " bytes of shared memory, the device allows " +
-                                           std::to_string(limit));
-  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-  kernel<<<grid, kThreads, bytes, stream>>>(args...);
-  CUDA_CHECK_LAUNCH();
+// tile::Launch, naming this file's kernels in its errors.
+template <typename... Args>
+void Launch(Args... args) {
+  tile::Launch("attention", args...);
 }
 
 // Tile rows and head-dim coverage by head dim: 64 x 64 up to d = 64, 64 x 128 up to 128, and

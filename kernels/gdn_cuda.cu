@@ -909,21 +909,10 @@ void CheckInputs(const GdnPackedInputs& in) {
   S0_CHECK_MSG(in.s0, "the CUDA gated delta rule needs S0");
 }
 
-// Launches kernel<<<grid, kThreads, smem_floats * 4, stream>>>(args...); nothing for an empty grid.
-template <typename... Params, typename... Args>
-void Launch(void (*kernel)(Params...), dim3 grid, int64_t smem_floats, cudaStream_t stream,
-            Args... args) {
-  if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
-  const size_t bytes = size_t(smem_floats) * sizeof(float);
-  int device = 0, limit = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  S0_CHECK_MSG(bytes <= size_t(limit), "gated delta rule kernel needs " + std::to_string(bytes) +
-                                           " bytes of shared memory, the device allows " +
-                                           std::to_string(limit));
-  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-  kernel<<<grid, kThreads, bytes, stream>>>(args...);
-  CUDA_CHECK_LAUNCH();
+// tile::Launch, naming this file's kernels in its errors.
+template <typename... Args>
+void Launch(Args... args) {
+  tile::Launch("gated delta rule", args...);
 }
 
 dim3 ChunkGrid(const GdnPackedDims& d, const Shape& sh) {

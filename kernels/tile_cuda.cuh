@@ -1,5 +1,5 @@
-// Block-level register tiles and shared-memory loads for the tiled CUDA kernels (attention,
-// GDN). Private to kernels/; include from .cu files only (device code, C++17).
+// Block-level register tiles, shared-memory loads and the launcher of the tiled CUDA kernels
+// (attention, GDN). Private to kernels/; include from .cu files only (device code, C++17).
 //
 // Contract:
 //   - Every kernel that uses these runs exactly kThreads = 256 threads per block, seen as a
@@ -15,6 +15,12 @@
 #pragma once
 
 #include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "kernels/check.h"
+#include "kernels/cuda_check.h"
 
 namespace s0::tile {
 // Internal linkage, as when each .cu file kept its own copy: every kernel file gets its own
@@ -136,6 +142,26 @@ __device__ void LoadTile(float* dst, int ld, int rows, int cols, int valid, Src 
 template <class Src>
 __device__ void LoadVector(float* dst, int rows, int valid, Src src) {
   for (int r = threadIdx.x; r < rows; r += kThreads) dst[r] = r < valid ? src(r) : 0.f;
+}
+
+// Launches kernel<<<grid, kThreads, smem_floats * 4, stream>>>(args...), raising its dynamic
+// shared-memory limit first; nothing for an empty grid. `what` names the kernel family in the
+// error when the device cannot give that much shared memory.
+template <typename... Params, typename... Args>
+void Launch(const char* what, void (*kernel)(Params...), dim3 grid, int64_t smem_floats,
+            cudaStream_t stream, Args... args) {
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
+  const size_t bytes = size_t(smem_floats) * sizeof(float);
+  int device = 0, limit = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  S0_CHECK_MSG(bytes <= size_t(limit), std::string(what) + " kernel needs " +
+                                           std::to_string(bytes) +
+                                           " bytes of shared memory, the device allows " +
+                                           std::to_string(limit));
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  kernel<<<grid, kThreads, bytes, stream>>>(args...);
+  CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
