@@ -72,6 +72,12 @@ NcclComm::~NcclComm() {
   }
 }
 
+Status NcclComm::Abort(const std::string& why) {
+  ncclCommAbort(comm_);
+  comm_ = nullptr;
+  return Status::Unavailable(why);
+}
+
 Status NcclComm::Wait(const std::function<Result<bool>()>& done, const char* what) {
   const auto start = Clock::now();
   for (;;) {
@@ -79,9 +85,7 @@ Status NcclComm::Wait(const std::function<Result<bool>()>& done, const char* wha
     ncclResult_t r = ncclCommGetAsyncError(comm_, &state);
     if (r != ncclSuccess) state = r;
     if (state != ncclSuccess && state != ncclInProgress) {
-      ncclCommAbort(comm_);
-      comm_ = nullptr;
-      return Status::Unavailable(std::string(what) + " failed: " + NcclText(state));
+      return Abort(std::string(what) + " failed: " + NcclText(state));
     }
     if (state == ncclSuccess) {
       S0_ASSIGN_OR_RETURN(bool finished, done());
@@ -89,12 +93,10 @@ Status NcclComm::Wait(const std::function<Result<bool>()>& done, const char* wha
     }
     const double waited = std::chrono::duration<double>(Clock::now() - start).count();
     if (waited > timeout_s_) {
-      ncclCommAbort(comm_);
-      comm_ = nullptr;
       char buf[64];
       std::snprintf(buf, sizeof buf, "%.1f", timeout_s_);
-      return Status::Unavailable(std::string(what) + " did not complete within " + buf +
-                                 " s: a rank died or stalled (NCCL communicator aborted)");
+      return Abort(std::string(what) + " did not complete within " + buf +
+                   " s: a rank died or stalled (NCCL communicator aborted)");
     }
     if (idle_) idle_();
     std::this_thread::sleep_for(std::chrono::microseconds(50));
@@ -106,9 +108,7 @@ Status NcclComm::SumInPlace(float* device_data, size_t count, cudaStream_t strea
   ncclResult_t r =
       ncclAllReduce(device_data, device_data, count, ncclFloat, ncclSum, comm_, stream);
   if (r != ncclSuccess && r != ncclInProgress) {
-    ncclCommAbort(comm_);
-    comm_ = nullptr;
-    return Status::Unavailable(std::string("ncclAllReduce: ") + NcclText(r));
+    return Abort(std::string("ncclAllReduce: ") + NcclText(r));
   }
   // Enqueued (the non-blocking communicator reports ncclInProgress until it is); then the kernel
   // runs on `stream`: done once the stream has drained.

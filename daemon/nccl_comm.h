@@ -21,6 +21,7 @@
 
 #include <functional>
 #include <memory>
+#include <string>
 
 #include "daemon/group_comm.h"
 #include "kernels/status.h"
@@ -49,6 +50,8 @@ class NcclComm final : public GpuGroupReducer {
   // Polls until `done()` holds, the communicator reports an error, or the deadline passes;
   // aborts the communicator on the latter two.
   Status Wait(const std::function<Result<bool>()>& done, const char* what);
+  // Aborts the communicator (it is unusable from then on) and returns Unavailable(why).
+  Status Abort(const std::string& why);
 
   ncclComm_t comm_ = nullptr;
   int rank_ = 0, size_ = 1;
