@@ -25,11 +25,6 @@ std::span<const std::byte> Bytes(const std::vector<T>& v) {
   return std::as_bytes(std::span<const T>(v));
 }
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
 void WriteFile(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out.write(bytes.data(), std::streamsize(bytes.size()));
@@ -174,7 +169,7 @@ TEST_F(SafetensorsTest, RoundTripEveryDtype) {
 
   // Layout as upstream: header length a multiple of 8, padded with spaces; every tensor aligned
   // to its element size within the file.
-  const std::string raw = ReadFile(path);
+  const std::string raw = test::ReadFile(path);
   uint64_t header_len;
   std::memcpy(&header_len, raw.data(), 8);
   EXPECT_EQ(header_len % 8, 0u);
@@ -254,7 +249,7 @@ TEST_F(SafetensorsTest, MalformedFilesAreRejected) {
                        std::vector<TensorToWrite>{{"a", DType::kF32, {2}, Bytes(ab).subspan(0, 8)},
                                                   {"b", DType::kF32, {2}, Bytes(ab).subspan(8, 8)}})
           .ok());
-  const std::string good = ReadFile(good_path);
+  const std::string good = test::ReadFile(good_path);
   uint64_t good_header_len;
   std::memcpy(&good_header_len, good.data(), 8);
   ASSERT_EQ(good.size(), 8 + good_header_len + 16);
@@ -397,7 +392,7 @@ TEST_F(SafetensorsTest, EveryTruncationAndBitFlipIsHandled) {
                                                   {"w.i64", DType::kI64, {1}, Bytes(i64)}},
                        {{"format", "pt"}})
           .ok());
-  const std::string good = ReadFile(good_path);
+  const std::string good = test::ReadFile(good_path);
   const std::string path = Path("mutated.safetensors");
   for (size_t len = 0; len < good.size(); ++len) {
     WriteFile(path, good.substr(0, len));

@@ -20,11 +20,6 @@ void WriteText(const std::string& path, const std::string& text) {
   std::ofstream(path) << text;
 }
 
-std::string ReadText(const std::string& path) {
-  std::ifstream f(path);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
-
 TEST(StateDir, ImportsADirectoryInTheLibraryFormat) {
   auto sd = ReadStateDir(test::SourcePath("tests/fixtures/qwen35/text_f32_grouped/states"));
   ASSERT_TRUE(sd.ok()) << sd.status().ToString();
@@ -63,12 +58,12 @@ TEST(StateDir, ExportHasTheLibraryLayoutAndRoundTrips) {
   EXPECT_EQ(file->Get("5")->shape, (std::vector<int64_t>{2, 3, 4}));
   // meta.json and config.json: exactly the fields S0Trainer.save writes (S0Config.from_dict
   // refuses unknown keys).
-  auto meta = nlohmann::json::parse(ReadText(dir + "/meta.json"));
+  auto meta = nlohmann::json::parse(test::ReadFile(dir + "/meta.json"));
   EXPECT_EQ(meta.size(), 3u);
   EXPECT_EQ(meta["arch"], "gated_delta_net");
   EXPECT_EQ(meta["recurrent_layers"], nlohmann::json({0, 1, 2, 4, 5, 6}));
   EXPECT_EQ(meta["state_shape"], nlohmann::json({2, 3, 4}));
-  auto cfg = nlohmann::json::parse(ReadText(dir + "/config.json"));
+  auto cfg = nlohmann::json::parse(test::ReadFile(dir + "/config.json"));
   std::vector<std::string> keys;
   for (auto it = cfg.begin(); it != cfg.end(); ++it) keys.push_back(it.key());
   EXPECT_EQ(keys, (std::vector<std::string>{"alpha", "grad_clip", "l2_lambda", "lr", "max_length",
@@ -91,7 +86,7 @@ TEST(StateDir, NullAlphaMeansTheArchitectureDefault) {
   sd.config = S0TuningConfig{};
   const std::string dir = test::TempDir("state_dir_null_alpha");
   ASSERT_TRUE(WriteStateDir(dir, sd).ok());
-  EXPECT_TRUE(nlohmann::json::parse(ReadText(dir + "/config.json"))["alpha"].is_null());
+  EXPECT_TRUE(nlohmann::json::parse(test::ReadFile(dir + "/config.json"))["alpha"].is_null());
   auto back = ReadStateDir(dir);
   ASSERT_TRUE(back.ok());
   EXPECT_DOUBLE_EQ(ResolveAlpha(*back), 0.65);

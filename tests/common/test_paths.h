@@ -12,5 +12,7 @@ std::string SharedPath(const std::string& rel);
 // A fresh empty directory for this test (build tree, under the running test's name), removed and
 // recreated each call.
 std::string TempDir(const std::string& name);
+// The whole file's bytes; empty when it cannot be read (a test then fails on its contents).
+std::string ReadFile(const std::string& path);
 
 }  // namespace s0::test

@@ -31,11 +31,6 @@ namespace fs = std::filesystem;
 const std::string kS0d = std::string(S0_BINARY_DIR) + "/daemon/s0d";
 const std::string kFixture = test::kEmbeddedFixture;
 
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
 // Writes DIR/NAME.txtpb (output in DIR/NAME) for the fixture model on the CUDA engine.
 std::string WriteSpec(const std::string& dir, const std::string& name, int group_size,
                       int n_steps = 5, int stall_timeout_s = 120) {
@@ -87,10 +82,10 @@ TEST(RunJobGpuTest, NcclGroupOfTwoMatchesOneGpu) {
   const std::string dir = test::TempDir("nccl");
   const std::string one = WriteSpec(dir, "one", 1);
   const std::string two = WriteSpec(dir, "two", 2);
-  ASSERT_EQ(RunCommand(kS0d + " run " + one, dir + "/one.log"), 0) << Slurp(dir + "/one.log");
+  ASSERT_EQ(RunCommand(kS0d + " run " + one, dir + "/one.log"), 0) << test::ReadFile(dir + "/one.log");
   ASSERT_EQ(RunCommand(kMpirun + kS0d + " run " + two, dir + "/two.log"), 0)
-      << Slurp(dir + "/two.log");
-  const std::string log = Slurp(dir + "/two.log");
+      << test::ReadFile(dir + "/two.log");
+  const std::string log = test::ReadFile(dir + "/two.log");
   EXPECT_NE(log.find("NCCL 2 ranks ready"), std::string::npos) << log;
 
   const auto a = FinalStates(dir + "/one"), b = FinalStates(dir + "/two");
@@ -129,10 +124,10 @@ TEST(RunJobGpuTest, StalledRankOfAnNcclGroupEndsTheJob) {
       << "kill -STOP \"$P\"; T0=$(date +%s%N)\nwait $M; RC=$?\nT1=$(date +%s%N)\n"
       << "kill -9 \"$P\" 2>/dev/null\necho \"$RC $(( (T1 - T0) / 1000000 )) $P\" > " << result
       << "\n";
-  ASSERT_EQ(RunCommand("bash " + dir + "/stall.sh", dir + "/stall.log"), 0) << Slurp(dir + "/stall.log");
+  ASSERT_EQ(RunCommand("bash " + dir + "/stall.sh", dir + "/stall.log"), 0) << test::ReadFile(dir + "/stall.log");
   int rc = -1, ms = -1, pid = -1;
-  std::istringstream(Slurp(result)) >> rc >> ms >> pid;
-  const std::string out = Slurp(log);
+  std::istringstream(test::ReadFile(result)) >> rc >> ms >> pid;
+  const std::string out = test::ReadFile(log);
   ASSERT_GT(pid, 0) << out;
   EXPECT_EQ(rc, 70) << out;
   EXPECT_LT(ms, (5 + 7) * 1000) << "stall timeout + the bound README.md states";

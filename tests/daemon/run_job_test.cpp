@@ -46,11 +46,6 @@ using Clock = std::chrono::steady_clock;
 const std::string kS0d = std::string(S0_BINARY_DIR) + "/daemon/s0d";
 const std::string kFixture = test::kEmbeddedFixture;
 
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
 // Eight short examples (tests/common/short_examples.h).
 std::string MakeData(const std::string& dir) { return test::WriteShortExamples(dir, 4); }
 
@@ -185,7 +180,7 @@ Outcome MpiRun(int np, const std::string& spec, std::vector<std::string> args = 
 bool ProcessEnded(pid_t pid) {
   for (int i = 0; i < 50; ++i) {
     if (kill(pid, 0) != 0 && errno == ESRCH) return true;
-    const std::string stat = Slurp("/proc/" + std::to_string(pid) + "/stat");
+    const std::string stat = test::ReadFile("/proc/" + std::to_string(pid) + "/stat");
     const size_t paren = stat.rfind(')');
     if (paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'Z') return true;
     usleep(100000);
@@ -240,7 +235,7 @@ TEST(RunJob, SeedsOnGroupsOfOneAndOnOneGroupOfThreeAgree) {
   Outcome b = MpiRun(3, WriteSpec(dir, "three", data, three));
   ASSERT_EQ(b.status, 0) << b.output;
 
-  nlohmann::json summary = nlohmann::json::parse(Slurp(dir + "/ones/summary.json"));
+  nlohmann::json summary = nlohmann::json::parse(test::ReadFile(dir + "/ones/summary.json"));
   std::vector<double> losses, walls;
   std::map<int, std::vector<double>> norms;  // layer -> per seed
   std::set<int> groups;
@@ -250,8 +245,8 @@ TEST(RunJob, SeedsOnGroupsOfOneAndOnOneGroupOfThreeAgree) {
       EXPECT_EQ(Count(o->output, "run " + id + ": start"), 1u) << o->output;
       EXPECT_EQ(Count(o->output, "run " + id + ": done"), 1u) << o->output;
     }
-    nlohmann::json done_one = nlohmann::json::parse(Slurp(dir + "/ones/runs/" + id + "/done"));
-    nlohmann::json done_three = nlohmann::json::parse(Slurp(dir + "/three/runs/" + id + "/done"));
+    nlohmann::json done_one = nlohmann::json::parse(test::ReadFile(dir + "/ones/runs/" + id + "/done"));
+    nlohmann::json done_three = nlohmann::json::parse(test::ReadFile(dir + "/three/runs/" + id + "/done"));
     EXPECT_EQ(done_one["group_size"], 1);
     EXPECT_EQ(done_three["group_size"], 3);
     groups.insert(done_one["group"].get<int>());
@@ -287,7 +282,7 @@ TEST(RunJob, SeedsOnGroupsOfOneAndOnOneGroupOfThreeAgree) {
   for (const auto& ls : c["state_norm"]) {
     ExpectStat(ls["state_norm"], norms[ls["layer"].get<int>()], "state_norm");
   }
-  EXPECT_NE(Slurp(dir + "/ones/summary.txt").find("default (3 seeds): final_loss"), std::string::npos);
+  EXPECT_NE(test::ReadFile(dir + "/ones/summary.txt").find("default (3 seeds): final_loss"), std::string::npos);
 }
 
 TEST(RunJob, Fp32EngineAgreesAcrossGroupSizes) {
@@ -329,7 +324,7 @@ TEST(RunJob, SigtermStopsEveryRankThenRerunIsByteIdentical) {
   ASSERT_EQ(cut.status, 75) << cut.output;
   EXPECT_NE(cut.output.find("(stop signal)"), std::string::npos) << cut.output;
   EXPECT_NE(cut.output.find("stopped: rerun the spec to resume"), std::string::npos);
-  nlohmann::json summary = nlohmann::json::parse(Slurp(dir + "/cut/summary.json"));
+  nlohmann::json summary = nlohmann::json::parse(test::ReadFile(dir + "/cut/summary.json"));
   EXPECT_GE(summary["n_unfinished"].get<int>(), 1);
   EXPECT_FALSE(fs::exists(dir + "/cut/runs/seed-2/done"));
 
@@ -337,9 +332,9 @@ TEST(RunJob, SigtermStopsEveryRankThenRerunIsByteIdentical) {
   ASSERT_EQ(rest.status, 0) << rest.output;
   EXPECT_NE(rest.output.find("run seed-2: resuming after step"), std::string::npos) << rest.output;
   for (const std::string id : {"seed-1", "seed-2", "seed-3"}) {
-    const std::string want = Slurp(dir + "/ref/runs/" + id + "/states.safetensors");
+    const std::string want = test::ReadFile(dir + "/ref/runs/" + id + "/states.safetensors");
     ASSERT_FALSE(want.empty());
-    EXPECT_TRUE(want == Slurp(dir + "/cut/runs/" + id + "/states.safetensors")) << id;
+    EXPECT_TRUE(want == test::ReadFile(dir + "/cut/runs/" + id + "/states.safetensors")) << id;
   }
   // Everything finished: a third invocation only skips and summarizes.
   Outcome again = MpiRun(3, spec);
@@ -459,7 +454,7 @@ TEST(RunJob, BadSetupsGiveClearErrorsOnEveryRank) {
   bad_layers.extra = "grid { layers: [\"0,3\"] }";  // layer 3 is full attention
   const std::string subsample = WriteSpec(dir, "sub", data, SpecOptions{});
   {
-    std::string t = Slurp(subsample);
+    std::string t = test::ReadFile(subsample);
     t.replace(t.find("subsample: 3"), 12, "subsample: 99");
     std::ofstream(subsample) << t;
   }
@@ -472,7 +467,7 @@ TEST(RunJob, BadSetupsGiveClearErrorsOnEveryRank) {
   other.n_steps = 2;
   const std::string reuse_other = WriteSpec(dir, "reuse2", data, other);
   {
-    std::string t = Slurp(reuse_other);
+    std::string t = test::ReadFile(reuse_other);
     t.replace(t.find("out_dir: \"reuse2\""), 17, "out_dir: \"reuse\"");
     std::ofstream(reuse_other) << t;
   }
@@ -506,7 +501,7 @@ TEST(Launch, WrapperLogsPerRankAndTurnsSigtermIntoAGracefulStop) {
   EXPECT_EQ(out.status, 75) << out.output;
   EXPECT_NE(out.output.find("stopping: SIGUSR1 to every rank"), std::string::npos) << out.output;
   for (int r = 0; r < 2; ++r) {
-    const std::string log = Slurp(dir + "/logs/1/rank." + std::to_string(r) + "/stderr");
+    const std::string log = test::ReadFile(dir + "/logs/1/rank." + std::to_string(r) + "/stderr");
     const std::string tag = "[rank " + std::to_string(r) + "/2 group " + std::to_string(r) + "]";
     EXPECT_NE(log.find(tag + " run seed-" + std::to_string(r + 1) + ": start"), std::string::npos)
         << log;
@@ -515,7 +510,7 @@ TEST(Launch, WrapperLogsPerRankAndTurnsSigtermIntoAGracefulStop) {
         << log;
     EXPECT_EQ(log.find("[rank " + std::to_string(1 - r) + "/2"), std::string::npos);
   }
-  const std::string command = Slurp(dir + "/logs/command.txt");
+  const std::string command = test::ReadFile(dir + "/logs/command.txt");
   EXPECT_NE(command.find("-x NCCL_NVLS_ENABLE"), std::string::npos) << command;
   EXPECT_NE(command.find("--stop-signal USR1"), std::string::npos) << command;
 }

@@ -53,11 +53,6 @@ const std::string kS0d = std::string(S0_BINARY_DIR) + "/daemon/s0d";
 const std::string kS0 = std::string(S0_BINARY_DIR) + "/daemon/s0";
 const std::string kFixture = test::kEmbeddedFixture;
 
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
 size_t Count(const std::string& text, const std::string& needle) {
   size_t n = 0;
   for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
@@ -167,7 +162,7 @@ class Daemon {
       WaitStatus(pid_);
     }
   }
-  std::string log() const { return Slurp(log_); }
+  std::string log() const { return test::ReadFile(log_); }
   // Waits for `text` in the log (or the daemon's end); true when it appeared.
   bool WaitFor(const std::string& text, double timeout_s = 60) {
     const auto start = Clock::now();
@@ -329,7 +324,7 @@ TEST(ServeEndToEnd, SubmitWatchCancelResultsShutdown) {
   EXPECT_TRUE(std::regex_search(results.output, std::regex("seed-2 +2  cancelled"))) << results.output;
   EXPECT_NE(results.output.find("default (2 seeds): final_loss "), std::string::npos) << results.output;
   // The table's statistics are the summary's, over seeds 1 and 3.
-  nlohmann::json summary = nlohmann::json::parse(Slurp(s.dir + "/sweep/summary.json"));
+  nlohmann::json summary = nlohmann::json::parse(test::ReadFile(s.dir + "/sweep/summary.json"));
   const double l1 = summary["runs"][0]["final_loss"], l3 = summary["runs"][2]["final_loss"];
   EXPECT_NEAR(summary["configs"][0]["final_loss"]["mean"].get<double>(), (l1 + l3) / 2, 1e-12);
   EXPECT_NEAR(summary["configs"][0]["final_loss"]["std"].get<double>(), std::fabs(l1 - l3) / std::sqrt(2.0), 1e-12);
@@ -361,7 +356,7 @@ TEST(ServeEndToEnd, KilledDaemonRestartsAndFinishesEverythingOnce) {
     ASSERT_TRUE(d.Signal(0, SIGKILL)) << d.log();  // the daemon process; mpirun then ends
     d.Wait();
   }
-  const std::string before = Slurp(s.dir + "/daemon1.log");
+  const std::string before = test::ReadFile(s.dir + "/daemon1.log");
   EXPECT_NE(before.find("run seed-1: done"), std::string::npos) << before;
   EXPECT_EQ(before.find("run seed-2: done"), std::string::npos) << before;
   // The killed daemon's socket file is left behind.
@@ -379,7 +374,7 @@ TEST(ServeEndToEnd, KilledDaemonRestartsAndFinishesEverythingOnce) {
   ASSERT_EQ(S0(With({"shutdown"}, s.client)).status, 0);
   EXPECT_EQ(d.Wait(), 0) << d.log();
 
-  const std::string after = Slurp(s.dir + "/daemon2.log");
+  const std::string after = test::ReadFile(s.dir + "/daemon2.log");
   EXPECT_NE(after.find("run seed-1: already done"), std::string::npos) << after;
   EXPECT_EQ(after.find("run seed-1: start"), std::string::npos) << after;
   EXPECT_NE(after.find("run seed-2: resuming after step"), std::string::npos) << after;
@@ -390,7 +385,7 @@ TEST(ServeEndToEnd, KilledDaemonRestartsAndFinishesEverythingOnce) {
     EXPECT_EQ(Count(before + after, "run " + id + ": done"), 1u);
   }
   for (const std::string job : {"first", "second"}) {
-    nlohmann::json summary = nlohmann::json::parse(Slurp(s.dir + "/" + job + "/summary.json"));
+    nlohmann::json summary = nlohmann::json::parse(test::ReadFile(s.dir + "/" + job + "/summary.json"));
     EXPECT_EQ(summary["n_done"], summary["n_runs"]) << job;
   }
   auto run2 = LoadRunFile(s.dir + "/first/runs/seed-2/run.h5");
@@ -549,7 +544,7 @@ TEST(ServeEndToEnd, CurveAdmitsOnlyListedClientKeys) {
   for (const std::string who : {"server", "listed", "unlisted"}) {
     ASSERT_EQ(S0({"keygen", s.dir + "/" + who}).status, 0) << who;
   }
-  std::ofstream(s.dir + "/clients") << "# admitted clients\n" << Slurp(s.dir + "/listed.public");
+  std::ofstream(s.dir + "/clients") << "# admitted clients\n" << test::ReadFile(s.dir + "/listed.public");
   const int port = FreeLoopbackPort();
   ASSERT_GT(port, 0);
   const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(port);
@@ -580,7 +575,7 @@ TEST(ServeEndToEnd, CurveAdmitsOnlyListedClientKeys) {
   char pub[41], sec[41];
   ASSERT_EQ(zmq_curve_keypair(pub, sec), 0);
   raw.set(zmq::sockopt::linger, 0);
-  raw.set(zmq::sockopt::curve_serverkey, Slurp(s.dir + "/server.public").substr(0, 40));
+  raw.set(zmq::sockopt::curve_serverkey, test::ReadFile(s.dir + "/server.public").substr(0, 40));
   raw.set(zmq::sockopt::curve_publickey, std::string(pub));
   raw.set(zmq::sockopt::curve_secretkey, std::string(sec));
   raw.connect(endpoint);

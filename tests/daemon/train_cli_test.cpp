@@ -30,11 +30,6 @@ std::vector<std::string> TrainArgs(const std::string& out, int steps) {
           "--n-steps", std::to_string(steps), "--lr", "1e-2"};
 }
 
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
 // Runs argv; returns (exit status or 128+signal, combined stderr).
 std::pair<int, std::string> RunCommand(const std::vector<std::string>& argv,
                                 const std::string& stop_after_line = "") {
@@ -87,7 +82,7 @@ TEST(TrainCommand, SigtermThenResumeIsByteIdentical) {
   auto [rc2, err2] = RunCommand(again);
   ASSERT_EQ(rc2, 0) << err2;
   EXPECT_NE(err2.find("resumed from"), std::string::npos) << err2;
-  const std::string a = Slurp(ref + "/states.safetensors"), b = Slurp(out + "/states.safetensors");
+  const std::string a = test::ReadFile(ref + "/states.safetensors"), b = test::ReadFile(out + "/states.safetensors");
   ASSERT_FALSE(a.empty());
   EXPECT_TRUE(a == b) << "final states differ after SIGTERM + resume";
 }
