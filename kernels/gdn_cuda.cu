@@ -291,13 +291,14 @@ __global__ void __launch_bounds__(kThreads)
   u.ForEach(C, dv, [&](int r, int c, float x) { ws.u[(base * C + r) * dv + c] = x; });
 }
 
+// W and diag(e^(Gamma - gamma)) K take turns in one buffer (`wk`): the smaller footprint lets
+// three blocks share a multiprocessor instead of two.
 struct StateForwardSmem {
-  int64_t s, w, kd, x, floats;
+  int64_t s, wk, x, floats;
   __host__ __device__ explicit StateForwardSmem(int dk) {
     SmemPlan p;
     s = p.Take(dk * kLdState);
-    w = p.Take(C * Ld(dk));
-    kd = p.Take(C * Ld(dk));
+    wk = p.Take(C * Ld(dk));
     x = p.Take(C * kLdState);
     floats = p.floats;
   }
@@ -317,8 +318,8 @@ __global__ void __launch_bounds__(kThreads)
   extern __shared__ float smem[];
   const StateForwardSmem at(dk);
   float* s = smem + at.s;    // [d_k, kLdState]
-  float* w = smem + at.w;    // [C, lk]
-  float* kd = smem + at.kd;  // [C, lk] diag(e^(Gamma - gamma)) K
+  float* w = smem + at.wk;   // [C, lk] W, then
+  float* kd = w;             //         diag(e^(Gamma - gamma)) K
   float* x = smem + at.x;    // [C, kLdState] U, then Delta
 
   LoadTile(s, kLdState, dk, cols, dk,
@@ -328,8 +329,6 @@ __global__ void __launch_bounds__(kThreads)
     const float* edecay = ws.edecay + base * C;
     float* u = ws.u + base * C * dv + v0;
     LoadTile(w, lk, C, dk, C, [&](int r, int k) { return ws.w[(base * C + r) * dk + k]; });
-    LoadTile(kd, lk, C, dk, ChunkRows(len, c),
-             [&](int r, int k) { return edecay[r] * in.k[sh.Qk(t0 + r, kh) + k]; });
     LoadTile(x, kLdState, C, cols, C, [&](int r, int j) { return u[r * dv + j]; });
     __syncthreads();
     float* h_out = ws.states + base * dk * dv + v0;
@@ -338,11 +337,14 @@ __global__ void __launch_bounds__(kThreads)
     delta.Zero();
     delta.Mma(C, cols, dk, [&](int r, int k) { return w[r * lk + k]; },
               [&](int k, int j) { return s[k * kLdState + j]; });
+    __syncthreads();  // W is read: its buffer takes K
     delta.ForEach(C, cols, [&](int r, int j, float w_s) {
       const float d = x[r * kLdState + j] - w_s;
       x[r * kLdState + j] = d;
       u[r * dv + j] = d;
     });
+    LoadTile(kd, lk, C, dk, ChunkRows(len, c),
+             [&](int r, int k) { return edecay[r] * in.k[sh.Qk(t0 + r, kh) + k]; });
     __syncthreads();
     const float e_total = ws.egamma[base * C + C - 1];
     Tile<8, 2> next;
@@ -440,14 +442,15 @@ __global__ void __launch_bounds__(kThreads)
   t.ForEach(C, dv, [&](int i, int c, float x) { ws.ddelta[(base * C + i) * dv + c] = x; });
 }
 
+// diag(e^(Gamma - gamma)) K and diag(e^gamma) Q scale take turns in one buffer (`kq`): the
+// smaller footprint lets two blocks share a multiprocessor instead of one.
 struct StateBackwardSmem {
-  int64_t ds, kd, w, qe, dout, dd, floats;
+  int64_t ds, kq, w, dout, dd, floats;
   __host__ __device__ explicit StateBackwardSmem(int dk) {
     SmemPlan p;
     ds = p.Take(dk * kLdState);
-    kd = p.Take(C * Ld(dk));
+    kq = p.Take(C * Ld(dk));
     w = p.Take(C * Ld(dk));
-    qe = p.Take(C * Ld(dk));
     dout = p.Take(C * kLdState);
     dd = p.Take(C * kLdState);
     floats = p.floats;
@@ -470,9 +473,9 @@ __global__ void __launch_bounds__(kThreads)
   extern __shared__ float smem[];
   const StateBackwardSmem at(dk);
   float* ds = smem + at.ds;      // [d_k, kLdState]
-  float* kd = smem + at.kd;      // [C, lk] diag(e^(Gamma - gamma)) K
+  float* kd = smem + at.kq;      // [C, lk] diag(e^(Gamma - gamma)) K, then
+  float* qe = kd;                //         diag(e^gamma) Q scale
   float* w = smem + at.w;        // [C, lk]
-  float* qe = smem + at.qe;      // [C, lk] diag(e^gamma) Q scale
   float* dos = smem + at.dout;   // [C, kLdState]
   float* dd = smem + at.dd;      // [C, kLdState] dDelta
 
@@ -489,8 +492,6 @@ __global__ void __launch_bounds__(kThreads)
     LoadTile(kd, lk, C, dk, rows,
              [&](int r, int k) { return edecay[r] * in.k[sh.Qk(t0 + r, kh) + k]; });
     LoadTile(w, lk, C, dk, C, [&](int r, int k) { return ws.w[(base * C + r) * dk + k]; });
-    LoadTile(qe, lk, C, dk, rows,
-             [&](int r, int k) { return sh.scale * in.q[sh.Qk(t0 + r, kh) + k] * egamma[r]; });
     LoadTile(dos, kLdState, C, cols, rows,
              [&](int r, int j) { return dout[sh.V(t0 + r, h) + v0 + j]; });
     LoadTile(dd, kLdState, C, cols, C, [&](int r, int j) { return ddelta[r * dv + j]; });
@@ -503,11 +504,14 @@ __global__ void __launch_bounds__(kThreads)
     carried.Zero();
     carried.Mma(C, cols, dk, [&](int r, int k) { return kd[r * lk + k]; },
                 [&](int k, int j) { return ds[k * kLdState + j]; });
+    __syncthreads();  // K is read: its buffer takes Q
     carried.ForEach(C, cols, [&](int r, int j, float add) {
       const float x = dd[r * kLdState + j] + add;
       dd[r * kLdState + j] = x;
       ddelta[r * dv + j] = x;
     });
+    LoadTile(qe, lk, C, dk, rows,
+             [&](int r, int k) { return sh.scale * in.q[sh.Qk(t0 + r, kh) + k] * egamma[r]; });
     __syncthreads();
     const float e_total = egamma[C - 1];
     Tile<8, 2> next;
