@@ -18,6 +18,7 @@ using tile::LoadTile;
 using tile::LoadVector;
 using tile::RowMax;
 using tile::RowSum;
+using tile::SmemPlan;
 using tile::Tile;
 
 struct Shape {
@@ -64,15 +65,6 @@ __device__ bool FindTile(const int32_t* cu, int64_t num_seqs, int64_t id, int br
 int64_t MaxTiles(const AttentionPackedDims& d, int br) {
   return (d.tokens + (br - 1) * d.num_seqs) / br;
 }
-
-struct SmemPlan {
-  int64_t floats = 0;
-  __host__ __device__ int64_t Take(int64_t n) {
-    const int64_t at = floats;
-    floats += n;
-    return at;
-  }
-};
 
 // Shared memory of the three tile kernels: `tiles` [br, Ld(d)] row tiles, `squares` [br, Ld(br)]
 // probability-like tiles and `vectors` [br] row statistics.

@@ -18,6 +18,7 @@ constexpr int kSlab = 16;         // state rows or columns streamed through shar
 using tile::kThreads;  // every kernel runs a 16 x 16 grid of threads (see Tile)
 using tile::Ld;
 using tile::LoadTile;
+using tile::SmemPlan;
 using tile::Tile;
 
 constexpr int kLdC = Ld(C);             // [C, C] matrices
@@ -54,17 +55,6 @@ __device__ void StoreStateBlock(float* dst, int ld, const float* s, int rows, in
     dst[(idx / cols) * ld + idx % cols] = s[(idx / cols) * kLdState + idx % cols];
   }
 }
-
-// Offsets (in floats) of consecutive shared-memory arrays: the host sizes a kernel's dynamic
-// shared memory with the same code the kernel carves it with.
-struct SmemPlan {
-  int64_t floats = 0;
-  __host__ __device__ int64_t Take(int64_t n) {
-    const int64_t at = floats;
-    floats += n;
-    return at;
-  }
-};
 
 // ---------------------------------------------------------------------------------------------
 // Shapes, packing, workspace.

@@ -1,5 +1,5 @@
-// Block-level register tiles, shared-memory loads and the launcher of the tiled CUDA kernels
-// (attention, GDN). Private to kernels/; include from .cu files only (device code, C++17).
+// Block-level register tiles, shared-memory plans and loads, and the launcher of the tiled CUDA
+// kernels (attention, GDN). Private to kernels/; include from .cu files only (device code, C++17).
 //
 // Contract:
 //   - Every kernel that uses these runs exactly kThreads = 256 threads per block, seen as a
@@ -126,6 +126,17 @@ struct Tile {
       }
       sums[i] = RowSum(s);
     }
+  }
+};
+
+// Offsets (in floats) of consecutive shared-memory arrays: the host sizes a kernel's dynamic
+// shared memory with the same code the kernel carves it with.
+struct SmemPlan {
+  int64_t floats = 0;
+  __host__ __device__ int64_t Take(int64_t n) {
+    const int64_t at = floats;
+    floats += n;
+    return at;
   }
 };
 

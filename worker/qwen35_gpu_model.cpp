@@ -118,6 +118,23 @@ void CopyColumns(T* dst, int64_t ld_dst, const T* src, int64_t ld_src, int64_t w
                                stream));
 }
 
+// A DeltaNet layer's sizes for `tokens` packed tokens: T, H, then the heads (H_k, H_v), the head
+// dims (d_k, d_v) and the projection widths (key, value, conv: H_k d_k, H_v d_v, 2 kd + vd).
+struct DeltaSizes {
+  int64_t T, H, hk, hv, dk, dv, kd, vd, cd;
+};
+DeltaSizes DeltaSizesOf(const Qwen35Config& c, int64_t tokens) {
+  return {tokens,
+          c.hidden_size,
+          c.linear_num_key_heads,
+          c.linear_num_value_heads,
+          c.linear_key_head_dim,
+          c.linear_value_head_dim,
+          c.linear_key_dim(),
+          c.linear_value_dim(),
+          c.linear_conv_dim()};
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -541,10 +558,7 @@ void Qwen35GpuModel::DeltaForward(const LayerWeights& w, int layer, const MicroB
                                   float* h1, bool keep_for_backward) {
   const Qwen35Config& c = config_;
   Scratch& s = *scratch_;
-  const int64_t T = mb.tokens, H = c.hidden_size;
-  const int64_t hk = c.linear_num_key_heads, hv = c.linear_num_value_heads;
-  const int64_t dk = c.linear_key_head_dim, dv = c.linear_value_head_dim;
-  const int64_t kd = c.linear_key_dim(), vd = c.linear_value_dim(), cd = c.linear_conv_dim();
+  const auto [T, H, hk, hv, dk, dv, kd, vd, cd] = DeltaSizesOf(c, mb.tokens);
   const cudaStream_t st = ctx_.stream();
 
   LinearForward(ctx_, s.xn, w.qkv.data(), s.qkv, T, H, cd);
@@ -618,10 +632,7 @@ void Qwen35GpuModel::DeltaBackward(const LayerWeights& w, int layer, const Micro
                                    float* ds0, bool stop) {
   const Qwen35Config& c = config_;
   Scratch& s = *scratch_;
-  const int64_t T = mb.tokens, H = c.hidden_size;
-  const int64_t hk = c.linear_num_key_heads, hv = c.linear_num_value_heads;
-  const int64_t dk = c.linear_key_head_dim, dv = c.linear_value_head_dim;
-  const int64_t kd = c.linear_key_dim(), vd = c.linear_value_dim(), cd = c.linear_conv_dim();
+  const auto [T, H, hk, hv, dk, dv, kd, vd, cd] = DeltaSizesOf(c, mb.tokens);
   const cudaStream_t st = ctx_.stream();
 
   gpu::CastToBf16(s.dh, s.dh16, T * H, st);

@@ -1,5 +1,6 @@
 #include "tests/common/test_paths.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -34,6 +35,16 @@ std::string TempDir(const std::string& name) {
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+std::vector<std::string> Qwen35FixtureNames() {
+  namespace fs = std::filesystem;
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(SourcePath("tests/fixtures/qwen35"))) {
+    if (fs::exists(e.path() / "ref.safetensors")) names.push_back(e.path().filename().string());
+  }
+  std::sort(names.begin(), names.end());
+  return names;
 }
 
 }  // namespace s0::test

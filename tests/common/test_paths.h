@@ -2,6 +2,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace s0::test {
 
@@ -14,5 +15,7 @@ std::string SharedPath(const std::string& rel);
 std::string TempDir(const std::string& name);
 // The whole file's bytes; empty when it cannot be read (a test then fails on its contents).
 std::string ReadFile(const std::string& path);
+// The committed Qwen3.5 fixtures (tests/fixtures/qwen35/NAME with a ref.safetensors), sorted.
+std::vector<std::string> Qwen35FixtureNames();
 
 }  // namespace s0::test

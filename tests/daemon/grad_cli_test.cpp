@@ -3,7 +3,6 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
-#include <filesystem>
 
 #include "checkpoints/safetensors.h"
 #include "tests/common/compare.h"
@@ -12,20 +11,9 @@
 namespace s0 {
 namespace {
 
-namespace fs = std::filesystem;
-
-std::vector<std::string> FixtureNames() {
-  std::vector<std::string> names;
-  for (const auto& e : fs::directory_iterator(test::SourcePath("tests/fixtures/qwen35"))) {
-    if (fs::exists(e.path() / "ref.safetensors")) names.push_back(e.path().filename().string());
-  }
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
 TEST(GradCommand, MatchesHuggingFaceFixtures) {
-  ASSERT_GE(FixtureNames().size(), 4u);
-  for (const std::string& name : FixtureNames()) {
+  ASSERT_GE(test::Qwen35FixtureNames().size(), 4u);
+  for (const std::string& name : test::Qwen35FixtureNames()) {
     SCOPED_TRACE(name);
     const std::string dir = test::SourcePath("tests/fixtures/qwen35/" + name);
     const std::string out = test::TempDir("grad_cli_" + name) + "/grad.safetensors";

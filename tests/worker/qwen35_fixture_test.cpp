@@ -4,7 +4,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <filesystem>
 #include <random>
 
 #include "checkpoints/safetensors.h"
@@ -16,17 +15,6 @@
 
 namespace s0 {
 namespace {
-
-namespace fs = std::filesystem;
-
-std::vector<std::string> FixtureNames() {
-  std::vector<std::string> names;
-  for (const auto& e : fs::directory_iterator(test::SourcePath("tests/fixtures/qwen35"))) {
-    if (fs::exists(e.path() / "ref.safetensors")) names.push_back(e.path().filename().string());
-  }
-  std::sort(names.begin(), names.end());
-  return names;
-}
 
 struct Fixture {
   std::string dir;
@@ -103,15 +91,15 @@ void CheckAgainstReference(const std::string& name) {
 
 TEST(Qwen35Fixture, AllFixturesPresent) {
   // The fixtures are committed: an empty list would make every test below vacuous.
-  EXPECT_GE(FixtureNames().size(), 4u);
+  EXPECT_GE(test::Qwen35FixtureNames().size(), 4u);
 }
 
 TEST(Qwen35Fixture, Fp32MatchesHuggingFace) {
-  for (const std::string& name : FixtureNames()) CheckAgainstReference<float>(name);
+  for (const std::string& name : test::Qwen35FixtureNames()) CheckAgainstReference<float>(name);
 }
 
 TEST(Qwen35Fixture, Fp64MatchesHuggingFace) {
-  for (const std::string& name : FixtureNames()) CheckAgainstReference<double>(name);
+  for (const std::string& name : test::Qwen35FixtureNames()) CheckAgainstReference<double>(name);
 }
 
 // dS0 against central differences of the fp64 loss along random directions, per layer.

@@ -12,7 +12,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <filesystem>
 #include <iomanip>
 #include <iostream>
 #include <map>
@@ -32,17 +31,6 @@
 
 namespace s0 {
 namespace {
-
-namespace fs = std::filesystem;
-
-std::vector<std::string> FixtureNames() {
-  std::vector<std::string> names;
-  for (const auto& e : fs::directory_iterator(test::SourcePath("tests/fixtures/qwen35"))) {
-    if (fs::exists(e.path() / "ref.safetensors")) names.push_back(e.path().filename().string());
-  }
-  std::sort(names.begin(), names.end());
-  return names;
-}
 
 // f(t) for every matrix the GPU model keeps in bf16 (its header's dtype list).
 template <class F>
@@ -179,7 +167,7 @@ std::map<int, Sensitivity> Bf16Sensitivity(const Fixture& f, const StateMap<floa
 class Qwen35GpuModelTest : public test::GpuTest {};
 
 TEST_F(Qwen35GpuModelTest, MatchesCpuEngineOnEveryFixture) {
-  const std::vector<std::string> names = FixtureNames();
+  const std::vector<std::string> names = test::Qwen35FixtureNames();
   ASSERT_GE(names.size(), 4u);
   for (const std::string& name : names) {
     SCOPED_TRACE(name);
@@ -226,7 +214,7 @@ TEST_F(Qwen35GpuModelTest, MatchesCpuEngineOnEveryFixture) {
 }
 
 TEST_F(Qwen35GpuModelTest, PackedMatchesOneExampleAtATime) {
-  for (const std::string& name : FixtureNames()) {
+  for (const std::string& name : test::Qwen35FixtureNames()) {
     SCOPED_TRACE(name);
     Fixture f = LoadFixture(name);
     ASSERT_TRUE(f.loaded);
@@ -246,7 +234,7 @@ TEST_F(Qwen35GpuModelTest, PackedMatchesOneExampleAtATime) {
 }
 
 TEST_F(Qwen35GpuModelTest, MicroBatchesMatchOnePackedBatch) {
-  for (const std::string& name : FixtureNames()) {
+  for (const std::string& name : test::Qwen35FixtureNames()) {
     SCOPED_TRACE(name);
     Fixture f = LoadFixture(name);
     ASSERT_TRUE(f.loaded);
@@ -269,7 +257,7 @@ TEST_F(Qwen35GpuModelTest, MicroBatchesMatchOnePackedBatch) {
 // The loss alone runs the same forward and the same first cross-entropy pass: bit-identical.
 // Repeated calls are bit-identical too (no atomics anywhere on the path).
 TEST_F(Qwen35GpuModelTest, LossAloneAndRepeatedCallsAreBitIdentical) {
-  for (const std::string& name : FixtureNames()) {
+  for (const std::string& name : test::Qwen35FixtureNames()) {
     SCOPED_TRACE(name);
     Fixture f = LoadFixture(name);
     ASSERT_TRUE(f.loaded);
@@ -290,7 +278,7 @@ TEST_F(Qwen35GpuModelTest, LossAloneAndRepeatedCallsAreBitIdentical) {
 // path), and gives what the full backward gives for that layer; a state that is not tuned still
 // shapes the forward.
 TEST_F(Qwen35GpuModelTest, BackwardStopsAtTheLowestTunedLayer) {
-  for (const std::string& name : FixtureNames()) {
+  for (const std::string& name : test::Qwen35FixtureNames()) {
     SCOPED_TRACE(name);
     Fixture f = LoadFixture(name);
     ASSERT_TRUE(f.loaded);
