@@ -28,6 +28,7 @@ Status RunGrad(const GradArgs& args) {
   so.model_dir = args.model;
   so.data_path = args.data;
   so.max_length = args.max_length;
+  so.fingerprint_model = false;
   S0_ASSIGN_OR_RETURN(so.precision, ParsePrecision(args.precision));
   S0_ASSIGN_OR_RETURN(std::unique_ptr<TrainingSetup> setup, TrainingSetup::Load(so));
   const std::vector<int64_t> shape = setup->state_shape();

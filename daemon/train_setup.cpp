@@ -65,7 +65,9 @@ Result<std::unique_ptr<TrainingSetup>> TrainingSetup::Load(const SetupOptions& o
   S0_ASSIGN_OR_RETURN(t->impl_->weights,
                       LoadQwen35Weights(store, t->config_,
                                         cuda ? WeightFormat::kAsStored : WeightFormat::kFloat32));
-  S0_ASSIGN_OR_RETURN(t->model_fingerprint_, Qwen35Fingerprint(store, t->config_));
+  if (options.fingerprint_model) {
+    S0_ASSIGN_OR_RETURN(t->model_fingerprint_, Qwen35Fingerprint(store, t->config_));
+  }
   std::optional<Tokenizer> tokenizer;
   if (std::filesystem::exists(options.model_dir + "/tokenizer.json")) {
     S0_ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::Load(options.model_dir));

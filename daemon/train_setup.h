@@ -37,6 +37,9 @@ struct SetupOptions {
   Precision precision = Precision::kFp64;
   Engine engine = Engine::kCpu;
   int cuda_device = 0;  // the GPU the CUDA engine runs on
+  // Hash every weight byte for model_fingerprint() (what run files record); seconds on a 4B
+  // model, so `s0 grad`, which records none, turns it off.
+  bool fingerprint_model = true;
 };
 
 struct GradientOptions {
@@ -62,7 +65,7 @@ class TrainingSetup {
   const std::vector<int>& delta_layers() const;
   std::vector<int64_t> state_shape() const;  // {H_v, d_k, d_v}
   const std::vector<TokenExample>& examples() const { return examples_; }
-  uint64_t model_fingerprint() const { return model_fingerprint_; }
+  uint64_t model_fingerprint() const { return model_fingerprint_; }  // 0 without fingerprint_model
   Precision precision() const { return options_.precision; }
   Engine engine() const { return options_.engine; }
 
