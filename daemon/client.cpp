@@ -139,7 +139,7 @@ struct Client::Impl {
         (void)sock->recv(m);
         proto::Reply reply;
         S0_RETURN_IF_ERROR(DecodeMessage(std::string_view(static_cast<const char*>(m.data()), m.size()),
-                                         &reply, "the daemon's reply"));
+                                         &reply, "the daemon's reply", kMaxReplyBytes));
         return std::optional<proto::Reply>(std::move(reply));
       }
     }

@@ -207,6 +207,7 @@ Result<std::vector<proto::RunSpec>> ExpandJob(const proto::JobSpec& spec) {
 
   std::vector<proto::RunSpec> runs;
   std::set<std::string> ids;
+  size_t bytes = spec.ByteSizeLong();  // of the expanded job, encoded (an upper bound: see below)
   for (const auto& [lr_grid, lr] : lrs) {
     for (const auto& [alpha_grid, alpha] : alphas) {
       for (const auto& [layers_grid, layers] : layer_sets) {
@@ -239,6 +240,15 @@ Result<std::vector<proto::RunSpec>> ExpandJob(const proto::JobSpec& spec) {
           r.set_config_key(key.empty() ? "default" : key);
           if (!ids.insert(r.run_id()).second) {
             return Status::InvalidArgument("two runs would share the id " + r.run_id());
+          }
+          // A repeated field's element costs its size plus a tag and a length of at most 6 bytes.
+          bytes += r.ByteSizeLong() + 6;
+          if (bytes > kMaxJobBytes) {
+            return Status::InvalidArgument(
+                "the job's " + std::to_string(runs.size() + 1) + " runs so far take over " +
+                std::to_string(kMaxJobBytes >> 20) +
+                " MiB encoded (long run ids or layer lists, times many seeds): split the sweep "
+                "into several jobs");
           }
           runs.push_back(std::move(r));
         }

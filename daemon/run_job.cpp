@@ -130,7 +130,7 @@ int RunInWorld(const RunJobArgs& args, const RankInfo& w, spdlog::level::level_e
     AbortJob("waiting for the job spec from rank 0: " + s.ToString(), kExitAborted);
   }
   proto::JobStart start;
-  if (Status s = DecodeMessage(bytes, &start, "the job from rank 0"); !s.ok()) {
+  if (Status s = DecodeMessage(bytes, &start, "the job from rank 0", kMaxJobMessageBytes); !s.ok()) {
     AbortJob(s.ToString(), kExitAborted);
   }
   if (start.has_error() || !start.has_job()) {

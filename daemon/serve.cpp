@@ -105,7 +105,7 @@ int ServeInWorld(const ServeArgs& args, const RankInfo& w, spdlog::level::level_
     // Between jobs the other ranks wait on rank 0 for as long as the queue stays empty.
     if (Status s = world.Broadcast(bytes, kWaitForever); !s.ok()) AbortJob(s.ToString(), kExitAborted);
     proto::ServeStep step;
-    if (Status s = DecodeMessage(bytes, &step, "the next step from rank 0"); !s.ok()) {
+    if (Status s = DecodeMessage(bytes, &step, "the next step from rank 0", kMaxJobMessageBytes); !s.ok()) {
       AbortJob(s.ToString(), kExitAborted);
     }
     if (!step.has_job()) {

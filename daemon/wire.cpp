@@ -56,11 +56,12 @@ class CollectErrors : public pb::io::ErrorCollector {
 
 std::string EncodeMessage(const pb::Message& m) { return m.SerializeAsString(); }
 
-Status DecodeMessage(std::string_view bytes, pb::Message* out, const std::string& what) {
+Status DecodeMessage(std::string_view bytes, pb::Message* out, const std::string& what,
+                     size_t limit) {
   out->Clear();
-  if (bytes.size() > kMaxMessageBytes) {
+  if (bytes.size() > limit) {
     return Status::InvalidArgument(what + ": " + std::to_string(bytes.size()) +
-                                   " bytes, over the limit of " + std::to_string(kMaxMessageBytes));
+                                   " bytes, over the limit of " + std::to_string(limit));
   }
   if (!out->ParseFromArray(bytes.data(), int(bytes.size()))) {
     return Status::Corruption(what + ": not a valid " + out->GetTypeName() + " (" +

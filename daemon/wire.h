@@ -1,6 +1,6 @@
 // Checked (de)serialization of the protobuf messages of proto/: everything that crosses MPI or
 // comes off disk goes through here before use. A message is accepted only when it is at most
-// kMaxMessageBytes, parses completely, and carries version == kProtocolVersion; errors name what
+// its limit (kMaxMessageBytes unless it carries a whole job), parses completely, and carries version == kProtocolVersion; errors name what
 // was being read (`what`) and the reason.
 #pragma once
 
@@ -19,11 +19,20 @@ inline constexpr uint32_t kProtocolVersion = 1;
 // Limit for one control message and for a file read by ReadSmallFile (job specs, done markers,
 // job.json): far above any real message, far below anything that could exhaust memory.
 inline constexpr size_t kMaxMessageBytes = size_t(1) << 20;
+// An expanded job (its spec and every run, encoded): ExpandJob refuses a job above it, so the
+// messages that carry one (decoded with kMaxJobMessageBytes: the job plus its wrapper) always
+// fit. 100,000 runs of a seed sweep take about 12 MB.
+inline constexpr size_t kMaxJobBytes = size_t(16) << 20;
+inline constexpr size_t kMaxJobMessageBytes = kMaxJobBytes + kMaxMessageBytes;
+// A reply to a client describes at most one job in full: its runs, and for each a result or its
+// progress (a few hundred bytes each, job_spec.h's 100,000 runs at most).
+inline constexpr size_t kMaxReplyBytes = size_t(128) << 20;
 
 // Binary wire form. Every message of proto/ has `uint32 version` as field 1.
 std::string EncodeMessage(const google::protobuf::Message& m);
 // Parses `bytes` into `out` (cleared first) and checks the size limit and the version.
-Status DecodeMessage(std::string_view bytes, google::protobuf::Message* out, const std::string& what);
+Status DecodeMessage(std::string_view bytes, google::protobuf::Message* out, const std::string& what,
+                     size_t limit = kMaxMessageBytes);
 
 // Text forms (job specs, job.json, done markers, summaries). `json` selects JSON, else the
 // protobuf text format. Unknown fields are errors; parse errors carry line:column.

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <set>
 
 #include "daemon/train_setup.h"
 #include "daemon/wire.h"
@@ -171,6 +172,50 @@ TEST(JobSpec, ExpandsGridsSeedsInnermostWithStableIds) {
   auto bad = RunTrainOptions((*runs)[2], {0, 1, 2});
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("'4' is not a DeltaNet layer index"), std::string::npos);
+}
+
+// The largest job the spec allows (10 learning rates x 10,000 random 64-bit seeds = 100,000
+// runs) crosses MPI in one message: the step that carries it must decode on every rank. A job
+// whose runs take more than kMaxJobBytes is refused when it is expanded, not when a rank
+// decodes it (which would end the job, and on a restart of the daemon, end it again).
+TEST(JobSpec, TheLargestJobFitsItsMessageAndLargerOnesAreRefusedAtExpansion) {
+  auto spec = ParseJobSpec(kTextSpec, false, "/b", "spec");
+  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+  spec->clear_seeds();
+  std::mt19937_64 gen(7);
+  std::set<uint64_t> seeds;
+  while (seeds.size() < 10000) seeds.insert(gen());
+  for (uint64_t seed : seeds) spec->add_seeds(seed);
+  for (int i = 1; i <= 10; ++i) spec->mutable_grid()->add_lr(1e-3 * i + 1e-7 * i * i);
+  auto runs = ExpandJob(*spec);
+  ASSERT_TRUE(runs.ok()) << runs.status().ToString();
+  ASSERT_EQ(runs->size(), 100000u);
+  proto::ServeStep step;
+  step.set_version(kProtocolVersion);
+  proto::ExpandedJob* job = step.mutable_job();
+  job->set_version(kProtocolVersion);
+  *job->mutable_spec() = *spec;
+  for (const proto::RunSpec& r : *runs) *job->add_runs() = r;
+  const std::string bytes = EncodeMessage(step);
+  EXPECT_GT(bytes.size(), kMaxMessageBytes);  // what the old, single limit refused
+  proto::ServeStep back;
+  Status decoded = DecodeMessage(bytes, &back, "the next step", kMaxJobMessageBytes);
+  ASSERT_TRUE(decoded.ok()) << decoded.ToString();
+  EXPECT_EQ(back.job().runs_size(), 100000);
+
+  // Five long layer lists (about 3.4 kB each, near the 4096-character limit; each run carries
+  // its list three times: method, id, config key) times 1,000 seeds: about 50 MB of runs.
+  std::string layers = "0";
+  for (int i = 1; i < 900; ++i) layers += "," + std::to_string(i);
+  spec = ParseJobSpec(kTextSpec, false, "/b", "spec");
+  spec->clear_seeds();
+  for (uint64_t seed = 1; seed <= 1000; ++seed) spec->add_seeds(seed);
+  for (int v = 0; v < 5; ++v) spec->mutable_grid()->add_layers(layers + "," + std::to_string(900 + v));
+  auto refused = ExpandJob(*spec);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("MiB encoded"), std::string::npos)
+      << refused.status().ToString();
+  EXPECT_NE(refused.status().message().find("split the sweep"), std::string::npos);
 }
 
 TEST(JobSpec, SameJobCheckIgnoresRuntimeOnly) {
