@@ -595,6 +595,9 @@ struct RunFile::Impl {
   Hid file;  // the working copy: HDF5 on the core driver, nothing on disk
   int64_t optimizer_step = 0;
   std::optional<int64_t> last_snapshot_step, last_metrics_step;
+  // Set by Restore(LoadedRunFile) when the contents came from <path>.prev: that path. Until a
+  // Commit to <path> renames its file in, <path> is the damaged file LoadLatestGood passed over.
+  std::string resumed_from_prev;
   // A write that failed half-way leaves the working copy inconsistent: every later call
   // returns this instead of touching (or committing) it.
   Status broken;
@@ -735,6 +738,12 @@ Result<RunFile> RunFile::Restore(const RunFileContents& c) {
   return run;
 }
 
+Result<RunFile> RunFile::Restore(const LoadedRunFile& loaded) {
+  S0_ASSIGN_OR_RETURN(RunFile run, Restore(loaded.contents));
+  if (loaded.from_prev) run.impl_->resumed_from_prev = loaded.path;
+  return run;
+}
+
 Status RunFile::AppendSnapshot(int64_t step, const LayerStatesView& states) {
   QuietHdf5 quiet;
   Impl& im = *impl_;
@@ -812,7 +821,7 @@ Status RunFile::WriteEval(const std::string& name, const std::string& json) {
 Status RunFile::Commit(const std::string& path, const CommitOptions& options) {
   namespace fs = std::filesystem;
   QuietHdf5 quiet;
-  const Impl& im = *impl_;
+  Impl& im = *impl_;
   S0_RETURN_IF_ERROR(im.broken);
   if (path.empty()) return Status::InvalidArgument("Commit: empty path");
   const fs::path target(path);
@@ -859,19 +868,32 @@ Status RunFile::Commit(const std::string& path, const CommitOptions& options) {
       return fail(Status::Internal("commit: the file just written has the wrong step"));
     if (!proceed(CommitStep::kTempVerified)) return stopped(CommitStep::kTempVerified);
   }
+  // After a resume from <path>.prev, <path> is the damaged file LoadLatestGood passed over (or
+  // missing). Rotating it would replace the good <path>.prev with it, leaving nothing loadable
+  // between the renames and no fallback after them, so the new file replaces it directly and
+  // <path>.prev stays the last good commit throughout.
+  const bool replaces_damaged = !im.resumed_from_prev.empty() && im.resumed_from_prev == prev;
+  bool rotate = false;
+  if (!replaces_damaged) {
+    struct stat st;
+    if (::lstat(path.c_str(), &st) == 0) {
+      rotate = true;
+    } else if (errno != ENOENT) {
+      return fail(Status::IOError(ErrnoMessage("stat " + path)));
+    }
+  }
   // Between these two renames only <path>.prev exists; it is the last committed file.
-  struct stat st;
-  if (::lstat(path.c_str(), &st) == 0) {
+  if (rotate) {
     if (::rename(path.c_str(), prev.c_str()) != 0)
       return fail(Status::IOError(ErrnoMessage("rename " + path + " -> " + prev)));
     if (!proceed(CommitStep::kCurrentMovedToPrev)) return stopped(CommitStep::kCurrentMovedToPrev);
     if (Status s = FsyncPath(dir, true); !s.ok()) return fail(s);
     if (!proceed(CommitStep::kPrevRenameSynced)) return stopped(CommitStep::kPrevRenameSynced);
-  } else if (errno != ENOENT) {
-    return fail(Status::IOError(ErrnoMessage("stat " + path)));
   }
   if (::rename(tmp.c_str(), path.c_str()) != 0)
     return fail(Status::IOError(ErrnoMessage("rename " + tmp + " -> " + path)));
+  // <path> is now a file this commit wrote: later commits rotate it as usual.
+  if (replaces_damaged) im.resumed_from_prev.clear();
   if (!proceed(CommitStep::kNewMovedIn)) return stopped(CommitStep::kNewMovedIn);
   S0_RETURN_IF_ERROR(FsyncPath(dir, true));
   if (!proceed(CommitStep::kDirSynced)) return stopped(CommitStep::kDirSynced);

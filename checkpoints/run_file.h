@@ -7,11 +7,13 @@
 // writes the whole file to disk atomically (raw chunk copies, nothing is recompressed):
 //
 //   <path>.tmp.<pid>  written by HDF5, closed, fsync'd, optionally verified by loading it back;
-//   <path>      ->  <path>.prev   rename, fsync(dir)    (only when <path> exists)
+//   <path>      ->  <path>.prev   rename, fsync(dir)    (only when <path> exists, see below)
 //   <path>.tmp  ->  <path>        rename, fsync(dir)
 //
 // so at every instant <path> or <path>.prev holds a complete committed file, assuming committed
-// files are not modified afterwards (LoadLatestGood copes with one of them being damaged).
+// files are not modified afterwards (LoadLatestGood copes with one of them being damaged). A run
+// resumed from <path>.prev (Restore(LoadedRunFile)) skips the first rotation: its <path> is the
+// damaged file, and rotating it would put it in place of the only good one.
 // One writer per path: Commit deletes every <path>.tmp.* it finds as the leftover of a crash.
 //
 // Every dataset carries a CRC-32C of its elements (attribute "crc32c"); the root carries one of
@@ -87,8 +89,9 @@ enum class CommitStep {
   kTempClosed,           // HDF5 closed it
   kTempSynced,           // fsync(temp)
   kTempVerified,         // Load(temp) passed (only with CommitOptions::verify)
-  kCurrentMovedToPrev,   // rename(path, path.prev) (only when path existed)
-  kPrevRenameSynced,     // fsync(directory) (only when path existed)
+  kCurrentMovedToPrev,   // rename(path, path.prev) (only when path existed and is not the
+                         // damaged file a resume from path.prev passed over)
+  kPrevRenameSynced,     // fsync(directory) (only after kCurrentMovedToPrev)
   kNewMovedIn,           // rename(temp, path)
   kDirSynced,            // fsync(directory): committed
 };
@@ -106,15 +109,21 @@ struct CommitOptions {
   std::function<bool(CommitStep)> after_step;
 };
 
+struct LoadedRunFile;
+
 class RunFile {
  public:
   // A new run: empty history and metrics, S0 and both moments zero at step 0.
   // InvalidArgument when the header is malformed (config_json not a JSON object, layers not
   // distinct, a dim < 1, a state too large for one HDF5 chunk).
   static Result<RunFile> Create(RunHeader header);
-  // Resume: a working copy holding `contents` (e.g. from LoadLatestGood), to append to.
-  // The history is recompressed once here.
+  // Resume: a working copy holding `contents`, to append to; Commit rotates an existing <path>
+  // as usual. The history is recompressed once here.
   static Result<RunFile> Restore(const RunFileContents& contents);
+  // Resume from what LoadLatestGood returned; use this one rather than Restore(contents) there.
+  // When it came from <path>.prev, <path> is the damaged file LoadLatestGood passed over, and
+  // the first Commit to <path> replaces it instead of rotating it over the good <path>.prev.
+  static Result<RunFile> Restore(const LoadedRunFile& loaded);
 
   RunFile(RunFile&&) noexcept;
   RunFile& operator=(RunFile&&) noexcept;

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <string>
+#include <system_error>
 
 #include "worker/optimizer.h"
 
@@ -19,6 +21,15 @@ double Norm(std::span<const float> v) {
 }
 
 double InferenceAlphaDefault(const S0TuningConfig& hp) { return hp.alpha.value_or(0.07); }
+
+// The throwing std::filesystem::exists would end the process on EACCES or EIO (nothing catches
+// filesystem_error); here they fail the run like any other file error.
+Result<bool> PathExists(const std::string& path) {
+  std::error_code ec;
+  const bool exists = std::filesystem::exists(path, ec);
+  if (ec) return Status::IOError("cannot tell whether " + path + " exists: " + ec.message());
+  return exists;
+}
 
 }  // namespace
 
@@ -65,8 +76,9 @@ Result<TrainResult> TrainS0(const TrainOptions& options, const TrainSession& ses
   std::optional<RunFile> run;
   auto establish = [&]() -> Status {
     if (!writes) return Status::Ok();
-    const bool have_file = std::filesystem::exists(session.run_path) ||
-                           std::filesystem::exists(PrevRunFilePath(session.run_path));
+    S0_ASSIGN_OR_RETURN(const bool have_current, PathExists(session.run_path));
+    S0_ASSIGN_OR_RETURN(const bool have_prev, PathExists(PrevRunFilePath(session.run_path)));
+    const bool have_file = have_current || have_prev;
     if (session.resume && have_file) {
       S0_ASSIGN_OR_RETURN(LoadedRunFile loaded, LoadLatestGood(session.run_path));
       const RunFileContents& c = loaded.contents;
@@ -80,7 +92,9 @@ Result<TrainResult> TrainS0(const TrainOptions& options, const TrainSession& ses
           c.header.state_shape != header.state_shape) {
         return Status::InvalidArgument(loaded.path + ": the run file's layers or state shape differ");
       }
-      S0_ASSIGN_OR_RETURN(RunFile restored, RunFile::Restore(c));
+      // From the LoadedRunFile, not just its contents: after a fallback to run.h5.prev the first
+      // commit must replace the damaged run.h5 rather than rotate it over the good .prev.
+      S0_ASSIGN_OR_RETURN(RunFile restored, RunFile::Restore(loaded));
       run.emplace(std::move(restored));
       opt = c.optimizer;
       past_metrics = c.metrics;
@@ -194,8 +208,9 @@ Result<TrainResult> TrainS0(const TrainOptions& options, const TrainSession& ses
   // A stop between checkpoints still leaves every finished step committed.
   if (adam.step > committed) S0_RETURN_IF_ERROR(commit(adam.step));
   // A run created and stopped before its first step still leaves a file to resume from.
-  if (writes && adam.step == 0 && !std::filesystem::exists(session.run_path)) {
-    S0_RETURN_IF_ERROR(commit(0));
+  if (writes && adam.step == 0) {
+    S0_ASSIGN_OR_RETURN(const bool have_current, PathExists(session.run_path));
+    if (!have_current) S0_RETURN_IF_ERROR(commit(0));
   }
   result.steps_done = adam.step;
   result.states = std::move(s0);

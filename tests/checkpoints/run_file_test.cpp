@@ -1,5 +1,6 @@
 // Run files: round trip (bit-exact), history growth, resume, damaged files (truncated, bit
-// flips), a crash at every commit step, SIGKILL during commits, fingerprint refusal.
+// flips), a crash at every commit step (also of the first commit after a resume from <path>.prev),
+// SIGKILL during commits, fingerprint refusal.
 #include "checkpoints/run_file.h"
 
 #include <fcntl.h>
@@ -579,6 +580,71 @@ TEST(RunFile, CrashAtEveryCommitStepLeavesLastCommitLoadable) {
   }
 }
 
+// Resumed from <path>.prev because <path> is damaged: the commits that follow must never put the
+// damaged file in place of the good <path>.prev. The first commit replaces <path> without
+// rotating it (steps 6 and 7 do not happen); at every step of it (checked from the hook, then
+// stopped there as a crash would) a good commit is loadable; the next commit recovers, and then
+// <path> is the new commit and <path>.prev still the good file, byte for byte (or the new commit
+// again, when the crash came after it was renamed in).
+TEST(RunFile, CommitAfterResumeFromPrevKeepsAGoodFileAtEveryStep) {
+  const RunHeader h = TestHeader();
+  const int new_moved_in = static_cast<int>(CommitStep::kNewMovedIn);
+  for (int k : {1, 2, 3, 4, 5, 8, 9, 0}) {  // 0: no crash
+    SCOPED_TRACE(k > 0 ? "crash after " + std::string(CommitStepName(static_cast<CommitStep>(k)))
+                       : std::string("no crash"));
+    const std::string dir = test::TempDir("run_file_damaged_resume_" + std::to_string(k));
+    const std::string path = dir + "/run.h5";
+    const std::string prev = PrevRunFilePath(path);
+    CommitThrough(path, 2);
+    const std::vector<char> whole = ReadBytes(path);
+    WriteBytes(path, std::vector<char>(whole.begin(), whole.begin() + whole.size() / 2));
+    const std::vector<char> good_prev = ReadBytes(prev);
+    Result<LoadedRunFile> loaded = LoadLatestGood(path);
+    ASSERT_OK(loaded.status());
+    ASSERT_TRUE(loaded->from_prev);
+    ASSERT_EQ(loaded->contents.committed_step, 1);
+    Result<RunFile> run = RunFile::Restore(*loaded);
+    ASSERT_OK(run.status());
+    ASSERT_OK(Advance(*run, 2));
+
+    CommitOptions options;
+    std::vector<int> seen;
+    options.after_step = [&](CommitStep step) {
+      seen.push_back(static_cast<int>(step));
+      Result<LoadedRunFile> latest = LoadLatestGood(path);
+      EXPECT_TRUE(latest.ok()) << "after " << CommitStepName(step) << ": "
+                               << latest.status().ToString();
+      if (latest.ok()) {
+        const int64_t at = latest->contents.committed_step;
+        EXPECT_TRUE(at == 1 || at == 2) << "after " << CommitStepName(step) << ": step " << at;
+        EXPECT_TRUE(SameContents(latest->contents, ExpectedAfter(h, at)))
+            << "after " << CommitStepName(step);
+      }
+      return static_cast<int>(step) != k;
+    };
+    const Status first = run->Commit(path, options);
+    if (k > 0) {
+      EXPECT_EQ(first.code(), Code::kInternal) << first.ToString();
+      EXPECT_EQ(seen.back(), k);
+      ASSERT_OK(run->Commit(path));
+    } else {
+      ASSERT_OK(first);
+      EXPECT_EQ(seen, (std::vector<int>{1, 2, 3, 4, 5, 8, 9}));
+    }
+    EXPECT_EQ(CountTempFiles(dir), 0);
+    Result<RunFileContents> now = LoadRunFile(path);
+    ASSERT_OK(now.status());
+    EXPECT_TRUE(SameContents(*now, ExpectedAfter(h, 2)));
+    Result<RunFileContents> older = LoadRunFile(prev);
+    ASSERT_OK(older.status());
+    if (k < new_moved_in) {
+      EXPECT_TRUE(ReadBytes(prev) == good_prev) << "<path>.prev is no longer the good file";
+    } else {
+      EXPECT_TRUE(SameContents(*older, ExpectedAfter(h, 2)));
+    }
+  }
+}
+
 TEST(RunFile, CrashDuringFirstCommitLeavesNothingOrTheFile) {
   const RunHeader h = TestHeader();
   for (int k : {1, 2, 3, 4, 5, 8, 9}) {  // 6 and 7 do not happen without an existing file
@@ -603,7 +669,7 @@ TEST(RunFile, CrashDuringFirstCommitLeavesNothingOrTheFile) {
 [[noreturn]] void CommitForever(const std::string& path, int progress) {
   Result<LoadedRunFile> loaded = LoadLatestGood(path);
   if (!loaded.ok()) _exit(2);
-  Result<RunFile> run = RunFile::Restore(loaded->contents);
+  Result<RunFile> run = RunFile::Restore(*loaded);
   if (!run.ok()) _exit(3);
   for (int64_t step = loaded->contents.committed_step + 1; step < 100000; ++step) {
     if (!Advance(*run, step).ok() || !run->Commit(path).ok()) _exit(4);

@@ -1,6 +1,7 @@
 // The trainer: trajectories against PyTorch (float64 Adam, clipping, L2, as s0-tuning does it) on
 // a Hugging Face fixture; bit-identical resume after a stop at any step and after losing the
-// newest run file; refusal to resume against another model or configuration.
+// newest run file (which stays good after the commit that follows); refusal to resume against
+// another model or configuration; a run path that cannot be checked is an error, not a crash.
 #include "worker/trainer.h"
 
 #include <gtest/gtest.h>
@@ -9,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 #include "checkpoints/safetensors.h"
 #include "tests/common/compare.h"
@@ -187,13 +189,47 @@ TEST(Trainer, ResumeFallsBackToPreviousFileWhenNewestIsDamaged) {
   // Truncate the newest commit (step 2): resume must use run.h5.prev (step 1) and still finish
   // with the same bytes.
   std::filesystem::resize_file(path, std::filesystem::file_size(path) / 2);
+  const std::string prev = PrevRunFilePath(path);
+  std::ifstream prev_in(prev, std::ios::binary);
+  const std::string good_prev{std::istreambuf_iterator<char>(prev_in), {}};
   TrainSession second = Session(o, path);
   second.resume = true;
-  auto rest = TrainS0(o, second, FullBatch(s));
+  // One commit (the last step's) after the resume: the damaged run.h5 must be replaced, not
+  // rotated over the good run.h5.prev.
+  TrainOptions o_resume = o;
+  o_resume.checkpoint_every = 100;
+  auto rest = TrainS0(o_resume, second, FullBatch(s));
   ASSERT_TRUE(rest.ok()) << rest.status().ToString();
   EXPECT_NE(rest->resumed_from.find(".prev"), std::string::npos) << rest->resumed_from;
   std::vector<float> got = Flatten(rest->states), want = Flatten(full->states);
   EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0);
+  auto now = LoadRunFile(path);
+  ASSERT_TRUE(now.ok()) << now.status().ToString();
+  EXPECT_EQ(now->committed_step, 3);
+  auto older = LoadRunFile(prev);
+  ASSERT_TRUE(older.ok()) << older.status().ToString();
+  EXPECT_EQ(older->committed_step, 1);
+  std::ifstream prev_after(prev, std::ios::binary);
+  EXPECT_TRUE(std::string(std::istreambuf_iterator<char>(prev_after), {}) == good_prev);
+}
+
+// A run path that cannot be checked (here ENAMETOOLONG, which works as root, unlike permission
+// bits; EACCES and EIO take the same path) fails the run with an IOError naming it, instead of
+// an uncaught std::filesystem::filesystem_error ending the process.
+TEST(Trainer, UncheckableRunPathIsAnIOError) {
+  FixtureModel& s = Shared();
+  TrainOptions o = Options(1.0, 1);
+  const std::string path =
+      test::TempDir("uncheckable") + "/" + std::string(300, 'x') + "/run.h5";
+  for (bool resume : {true, false}) {
+    SCOPED_TRACE(resume ? "resume" : "fresh");
+    TrainSession session = Session(o, path);
+    session.resume = resume;
+    Result<TrainResult> r = TrainS0(o, session, FullBatch(s));
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), Code::kIOError) << r.status().ToString();
+    EXPECT_NE(r.status().message().find(path), std::string::npos) << r.status().ToString();
+  }
 }
 
 TEST(Trainer, RefusesResumeAgainstAnotherModelOrConfig) {
