@@ -46,6 +46,10 @@ Status CheckIpcEndpoint(const std::string& endpoint) {
   if (::access(path.c_str(), R_OK | W_OK) != 0) {
     return Status::Unavailable("access denied: this user may not open " + path + " (" + endpoint + ")");
   }
+  // Whoever controls the directory could have put someone else's socket there.
+  if (Status s = CheckPrivateIpcDirectory(path); !s.ok()) {
+    return Status::Unavailable("not connecting to " + endpoint + ": " + s.message());
+  }
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (path.size() >= sizeof addr.sun_path) return Status::Ok();  // libzmq will say

@@ -1,6 +1,8 @@
 #include "daemon/control_server.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -28,34 +30,30 @@ using Clock = std::chrono::steady_clock;
 constexpr int kTickMs = 100;              // watch events and the stop message are checked this often
 constexpr double kHeartbeatS = 1.0;       // a watcher hears at least this often
 constexpr size_t kMaxWatchers = 64;
+constexpr int kMaxQueuedReplies = 16;  // per client
 constexpr int64_t kTransportLimit = int64_t(16) << 20;  // libzmq drops larger messages' senders
 constexpr size_t kMaxIpcPath = 107;       // sun_path
 
+// Literal loopback addresses only: a name such as "127.example.org" may resolve anywhere, and
+// libzmq's "source;destination" form ("127.0.0.1:1;0.0.0.0") binds the part after the ';'.
 bool IsLoopback(const std::string& host) {
-  return host == "localhost" || host == "::1" || host == "[::1]" || host.rfind("127.", 0) == 0;
+  if (host == "localhost" || host == "::1" || host == "[::1]") return true;
+  in_addr a{};
+  return ::inet_pton(AF_INET, host.c_str(), &a) == 1 && (ntohl(a.s_addr) >> 24) == 127;
 }
 
-// The ipc directory is the access control: ours, closed to everyone else.
+// The ipc directory is the access control: ours, closed to everyone else. Its parents are made
+// as needed; the directory itself is made 0700 from the start.
 Status PrepareIpcDirectory(const std::string& path) {
   const fs::path dir = fs::path(path).parent_path();
   if (dir.empty()) return Status::InvalidArgument("ipc://" + path + ": give an absolute path");
   std::error_code ec;
-  if (!fs::exists(dir, ec)) {
-    fs::create_directories(dir, ec);
-    if (ec) return Status::IOError(dir.string() + ": " + ec.message());
-    if (::chmod(dir.c_str(), 0700) != 0) return Status::IOError(dir.string() + ": chmod: " + std::strerror(errno));
+  fs::create_directories(dir.parent_path(), ec);
+  if (ec) return Status::IOError(dir.parent_path().string() + ": " + ec.message());
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    return Status::IOError(dir.string() + ": mkdir: " + std::strerror(errno));
   }
-  struct stat st {};
-  if (::stat(dir.c_str(), &st) != 0) return Status::IOError(dir.string() + ": " + std::strerror(errno));
-  if (st.st_uid != ::geteuid() || (st.st_mode & 077) != 0) {
-    char mode[8];
-    std::snprintf(mode, sizeof mode, "%04o", unsigned(st.st_mode & 07777));
-    return Status::InvalidArgument(
-        "the directory of the control socket, " + dir.string() + ", must be owned by this user "
-        "with mode 0700 (it is the socket's access control); it has mode " + std::string(mode) +
-        (st.st_uid != ::geteuid() ? " and another owner" : ""));
-  }
-  return Status::Ok();
+  return CheckPrivateIpcDirectory(path);
 }
 
 std::string Trim(const std::string& s) {
@@ -109,6 +107,28 @@ proto::Reply ErrorReply(uint64_t request_id, proto::Error::Code code, const std:
 }
 
 }  // namespace
+
+Status CheckPrivateIpcDirectory(const std::string& socket_path) {
+  const std::string dir = fs::path(socket_path).parent_path().string();
+  struct stat st {};
+  // lstat: a symbolic link (say /tmp/s0d-<uid> planted by another user) is refused, whatever it
+  // points to, since its owner can point it elsewhere later.
+  if (::lstat(dir.c_str(), &st) != 0) return Status::IOError(dir + ": " + std::strerror(errno));
+  if (S_ISLNK(st.st_mode) || !S_ISDIR(st.st_mode)) {
+    return Status::InvalidArgument("the directory of the control socket, " + dir + ", is " +
+                                   (S_ISLNK(st.st_mode) ? "a symbolic link" : "not a directory") +
+                                   ": it must be a directory owned by this user with mode 0700");
+  }
+  if (st.st_uid != ::geteuid() || (st.st_mode & 077) != 0) {
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", unsigned(st.st_mode & 07777));
+    return Status::InvalidArgument(
+        "the directory of the control socket, " + dir + ", must be owned by this user "
+        "with mode 0700 (it is the socket's access control); it has mode " + std::string(mode) +
+        (st.st_uid != ::geteuid() ? " and another owner" : ""));
+  }
+  return Status::Ok();
+}
 
 std::string DefaultEndpoint() {
   if (const char* e = std::getenv("S0_ENDPOINT"); e && *e) return e;
@@ -289,6 +309,10 @@ void ControlServer::Impl::Run() {
       router.set(zmq::sockopt::zap_domain, "s0d");
     }
     router.set(zmq::sockopt::router_mandatory, 1);
+    // Replies and watch events queued for one client that reads nothing: a few, not libzmq's
+    // 1,000 (a reply can list a whole job's runs). Past it, sends fail (Send never waits) and
+    // such a watcher is dropped.
+    router.set(zmq::sockopt::sndhwm, kMaxQueuedReplies);
     router.set(zmq::sockopt::linger, 0);
     router.set(zmq::sockopt::handshake_ivl, 5000);
     router.set(zmq::sockopt::maxmsgsize, kTransportLimit);

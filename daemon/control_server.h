@@ -39,6 +39,9 @@ namespace s0 {
 // ipc://$XDG_RUNTIME_DIR/s0d/control.sock, or ipc:///tmp/s0d-<uid>/control.sock without
 // XDG_RUNTIME_DIR; the environment variable S0_ENDPOINT, when set, overrides both (s0d and s0).
 std::string DefaultEndpoint();
+// The socket's directory is a real directory (not a symbolic link), owned by this user, with
+// mode 0700: the daemon checks it before it binds, the client before it connects.
+Status CheckPrivateIpcDirectory(const std::string& socket_path);
 
 // An exclusive flock on PATH (created 0600), held until destruction or process death.
 class FileLock {

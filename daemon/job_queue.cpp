@@ -79,14 +79,24 @@ void ApplyResult(proto::JobRecord& rec, const proto::RunResult& result) {
   r->set_error(result.error());
 }
 
-proto::RunResult CancelledResult(const proto::RunSpec& run) {
+// A run that ended without running to its end, as its result: cancelled by a client, or failed
+// (with the step and error its record kept) before the daemon was restarted.
+proto::RunResult EndedResult(const proto::RunSpec& run, proto::RunState state,
+                             const proto::RunProgress* recorded = nullptr) {
   proto::RunResult r;
   r.set_version(kProtocolVersion);
   r.set_run_id(run.run_id());
-  r.set_state(proto::RUN_CANCELLED);
+  r.set_state(state);
   r.set_seed(run.seed());
   r.set_config_key(run.config_key());
+  if (recorded != nullptr) {
+    r.set_steps_done(recorded->step());
+    r.set_error(recorded->error());
+  }
   return r;
+}
+proto::RunResult CancelledResult(const proto::RunSpec& run) {
+  return EndedResult(run, proto::RUN_CANCELLED);
 }
 
 }  // namespace
@@ -178,6 +188,18 @@ proto::Reply JobQueue::OnSubmit(const proto::SubmitRequest& r) {
   if (!spec.ok()) return Fail(proto::Error::BAD_REQUEST, spec.status().message());
   Result<std::vector<proto::RunSpec>> runs = ExpandJob(*spec);
   if (!runs.ok()) return Fail(proto::Error::BAD_REQUEST, runs.status().Context("job " + r.job_id()).message());
+  // The daemon's directory holds its records (every *.json under jobs/ is read as one at start).
+  auto resolved = [](const fs::path& p) {  // symbolic links of the existing part resolved
+    std::error_code ec;
+    fs::path full = fs::weakly_canonical(fs::absolute(p), ec);
+    if (ec) full = fs::absolute(p).lexically_normal();
+    return full.filename().empty() ? full.parent_path() : full;  // no trailing separator
+  };
+  const fs::path out = resolved(spec->out_dir()), own = resolved(dir_);
+  if (auto [a, b] = std::mismatch(own.begin(), own.end(), out.begin(), out.end()); a == own.end()) {
+    return Fail(proto::Error::BAD_REQUEST, "out_dir " + spec->out_dir() + " is inside the daemon's "
+                                           "directory " + own.string() + ": choose another");
+  }
 
   std::lock_guard<std::mutex> lock(mu_);
   proto::Reply reply;
@@ -396,10 +418,16 @@ class JobQueue::Observer final : public JobObserver {
       ApplyResult(e.record, r);
       e.results.push_back(r);
     }
+    // Runs without a done marker: cancelled ones, and ones that failed before the daemon was
+    // stopped (a failure writes no marker, the record keeps it), are over; the others run.
     std::vector<proto::RunSpec> keep;
     for (proto::RunSpec& run : *pending) {
+      const proto::RunProgress* recorded = FindRun(e.record, run.run_id());
       if (IsCancelled(e.record, run.run_id())) {
         done->push_back(CancelledResult(run));
+        e.results.push_back(done->back());
+      } else if (recorded != nullptr && recorded->state() == proto::RUN_FAILED) {
+        done->push_back(EndedResult(run, proto::RUN_FAILED, recorded));
         e.results.push_back(done->back());
       } else {
         keep.push_back(std::move(run));

@@ -12,7 +12,8 @@
 // exactly as `s0d run` writes them. A daemon that restarts (after a stop, a shutdown or kill -9)
 // reads every record back: jobs RUNNING on disk resume first, then the QUEUED ones, in submission
 // order; finished runs are skipped through their done markers, interrupted runs resume from their
-// run files, cancelled runs (recorded when the cancel arrived) never run again.
+// run files, cancelled runs (recorded when the cancel arrived) and failed runs (recorded when
+// they failed) never run again.
 #pragma once
 
 #include <condition_variable>

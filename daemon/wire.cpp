@@ -111,7 +111,9 @@ std::string ToJson(const pb::Message& m) {
 }
 
 Result<std::string> ReadSmallFile(const std::string& path, size_t limit) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a named pipe would otherwise wait for a writer (forever, with the
+  // caller's locks held); the check below then refuses it. Reads of regular files ignore it.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     if (errno == ENOENT) return Status::NotFound(path + ": no such file");
     return Status::IOError(path + ": " + std::strerror(errno));

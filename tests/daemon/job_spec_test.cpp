@@ -5,6 +5,8 @@
 // from-scratch Python MT19937-64 with the standard's parameters).
 #include "daemon/job_spec.h"
 
+#include <sys/stat.h>
+
 #include <gtest/gtest.h>
 #include <google/protobuf/util/message_differencer.h>
 
@@ -290,6 +292,12 @@ TEST(Wire, ReadSmallFileAndAtomicWrite) {
   for (const auto& e : std::filesystem::directory_iterator(dir)) {
     EXPECT_EQ(e.path().filename(), "f") << "temp file left behind";
   }
+  // A named pipe with no writer (say a run's done marker replaced by one) is refused at once
+  // instead of blocking the reader, which may hold the daemon's queue lock.
+  ASSERT_EQ(::mkfifo((dir + "/pipe").c_str(), 0600), 0);
+  Result<std::string> pipe = ReadSmallFile(dir + "/pipe");
+  EXPECT_EQ(pipe.status().code(), Code::kInvalidArgument);
+  EXPECT_NE(pipe.status().message().find("not a regular file"), std::string::npos);
 }
 
 }  // namespace

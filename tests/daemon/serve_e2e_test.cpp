@@ -605,8 +605,17 @@ TEST(ServeEndToEnd, RefusesUnsafeEndpoints) {
     std::string endpoint, message;
   };
   // None of these binds anything: they are refused before.
+  // A symbolic link in place of the socket's directory (as another user could plant one).
+  const std::string real_dir = s.runtime + "/real", link_dir = s.runtime + "/link";
+  fs::create_directories(real_dir);
+  fs::permissions(real_dir, fs::perms(0700));
+  fs::create_directory_symlink(real_dir, link_dir);
   const std::vector<Case> cases = {
       {"tcp://192.0.2.1:5555", "can be reached from other machines: serve it only with CURVE"},
+      // Not a literal loopback address: a name, or libzmq's source;destination form.
+      {"tcp://127.example.org:5555", "can be reached from other machines"},
+      {"tcp://127.0.0.1:1;0.0.0.0:5555", "can be reached from other machines"},
+      {"ipc://" + link_dir + "/control.sock", "is a symbolic link"},
       {"ipc://@s0d-test", "abstract ipc names have no permissions"},
       {"ipc://" + open_dir + "/control.sock", "must be owned by this user with mode 0700"},
       {"inproc://x", "must be ipc://PATH or tcp://HOST:PORT"},
@@ -619,6 +628,17 @@ TEST(ServeEndToEnd, RefusesUnsafeEndpoints) {
     EXPECT_EQ(d.Wait(), 1) << d.log();
     EXPECT_NE(d.log().find(c.message), std::string::npos) << d.log();
   }
+
+  // The client checks the directory too: a daemon's socket reached through the link is refused.
+  const std::string real = "ipc://" + real_dir + "/control.sock";
+  Daemon d(s.dir + "/daemon-real.log", 0, {"--dir", s.dir + "/queue", "--endpoint", real});
+  ASSERT_TRUE(d.WaitFor("control socket " + real + " ready")) << d.log();
+  Outcome via_link = S0({"list", "--endpoint", "ipc://" + link_dir + "/control.sock"});
+  EXPECT_EQ(via_link.status, 69) << via_link.output;
+  EXPECT_NE(via_link.output.find("not connecting to"), std::string::npos) << via_link.output;
+  EXPECT_NE(via_link.output.find("is a symbolic link"), std::string::npos) << via_link.output;
+  EXPECT_EQ(S0({"shutdown", "--endpoint", real}).status, 0);
+  EXPECT_EQ(d.Wait(), 0) << d.log();
 }
 
 }  // namespace

@@ -80,6 +80,11 @@ TEST(ServeQueue, SubmitValidatesAndIsIdempotentByJobId) {
       {Submit("j", spec, "rel"), proto::Error::BAD_REQUEST, "is not an absolute path"},
       {Submit("j", "version: 2\n", dir), proto::Error::BAD_REQUEST, "version 2, but this s0d reads version 1"},
       {Submit("j", Spec("sweep", "[]", "out"), dir), proto::Error::BAD_REQUEST, "seeds"},
+      // Its job.json there would be read back as a queue record at the next start.
+      {Submit("j", Spec("sweep", "[1]", "q/jobs"), dir), proto::Error::BAD_REQUEST,
+       "is inside the daemon's directory"},
+      {Submit("j", Spec("sweep", "[1]", "q"), dir), proto::Error::BAD_REQUEST,
+       "is inside the daemon's directory"},
   };
   for (const Bad& b : bad) {
     proto::Reply r = q->Handle(b.request);
@@ -112,6 +117,48 @@ TEST(ServeQueue, SubmitValidatesAndIsIdempotentByJobId) {
   proto::Reply l = q->Handle(list);
   ASSERT_EQ(l.list().jobs_size(), 1);
   EXPECT_EQ(l.list().jobs(0).runs_size(), 0) << "list leaves the runs out";
+}
+
+// A failure writes no done marker; the record keeps it, and a restarted daemon does not run the
+// run again (nor shows it as failed while training it).
+TEST(ServeQueue, ARunThatFailedBeforeARestartIsNotRunAgain) {
+  const std::string dir = test::TempDir("serve_queue_failed");
+  {
+    auto q = Open(dir + "/q");
+    ASSERT_TRUE(q);
+    ASSERT_FALSE(q->Handle(Submit("j1", Spec("one", "[1, 2]", "o1"), dir)).has_error());
+    ASSERT_TRUE(q->WaitForJob(0));
+  }
+  // What the daemon recorded when seed-1 failed, before it was killed.
+  const std::string path = dir + "/q/jobs/j1.json";
+  proto::JobRecord rec;
+  ASSERT_TRUE(ParseTextMessage(test::ReadFile(path), true, &rec, path).ok());
+  ASSERT_EQ(rec.state(), proto::JOB_RUNNING);
+  for (proto::RunProgress& r : *rec.mutable_runs()) {
+    if (r.run_id() != "seed-1") continue;
+    r.set_state(proto::RUN_FAILED);
+    r.set_stage("failed");
+    r.set_step(2);
+    r.set_error("train: the data went away");
+  }
+  ASSERT_TRUE(WriteFileAtomic(path, ToJson(rec)).ok());
+
+  auto q = Open(dir + "/q");
+  ASSERT_TRUE(q);
+  std::optional<JobQueue::Next> next = q->WaitForJob(0);
+  ASSERT_TRUE(next);
+  std::unique_ptr<JobObserver> obs = q->Observe("j1");
+  std::vector<proto::RunResult> done;
+  std::vector<proto::RunSpec> pending(next->job.runs().begin(), next->job.runs().end());
+  obs->OnPrepared(&done, &pending);
+  ASSERT_EQ(pending.size(), 1u);
+  EXPECT_EQ(pending[0].run_id(), "seed-2");
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].run_id(), "seed-1");
+  EXPECT_EQ(done[0].state(), proto::RUN_FAILED);
+  EXPECT_EQ(done[0].steps_done(), 2);
+  EXPECT_EQ(done[0].error(), "train: the data went away");
+  EXPECT_EQ(RunStage(StatusOf(*q, "j1"), "seed-1"), "failed");
 }
 
 TEST(ServeQueue, CancelsAreRecordedAndARestartedQueueHonoursThem) {
