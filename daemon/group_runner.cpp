@@ -16,6 +16,9 @@
 #include "daemon/job_output.h"
 #include "daemon/job_spec.h"
 #include "daemon/wire.h"
+#ifdef S0_HAVE_CUDA
+#include "worker/qwen35_gpu_model.h"  // GpuGroupReducer
+#endif
 
 namespace s0 {
 namespace {
@@ -24,10 +27,23 @@ using Clock = std::chrono::steady_clock;
 
 double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-void Backoff(int& polls) {
+void Backoff(int64_t& polls) {
   if (++polls > 100) {
-    std::this_thread::sleep_for(std::chrono::microseconds(std::min(1000, 20 << std::min(6, polls / 100))));
+    // 64-bit count: a daemon may idle here for months (an int would overflow after ~25 days).
+    const int shift = int(std::min<int64_t>(6, polls / 100));
+    std::this_thread::sleep_for(std::chrono::microseconds(std::min(1000, 20 << shift)));
   }
+}
+
+// A failed GPU all-reduce (NCCL aborted) leaves the group as unable to go on as a broken MPI
+// communicator: its run ends the job instead of failing and taking the next run.
+bool GpuGroupBroken(const GroupContext& ctx) {
+#ifdef S0_HAVE_CUDA
+  return ctx.gpu_group != nullptr && ctx.gpu_group->broken();
+#else
+  (void)ctx;  // gpu_group is never set without CUDA
+  return false;
+#endif
 }
 
 // 63 bits of a hash of every state's bytes: equal states give equal values on every rank.
@@ -64,7 +80,7 @@ Result<proto::CoordinatorMessage> AwaitDecision(const GroupContext& ctx, Coordin
   if (finished) *r->mutable_finished() = std::move(*finished);
   S0_RETURN_IF_ERROR(link.Send(ready));
   Clock::time_point heard = Clock::now();
-  int polls = 0;
+  int64_t polls = 0;
   for (;;) {
     if (ctx.idle) ctx.idle();
     S0_ASSIGN_OR_RETURN(std::optional<proto::CoordinatorMessage> m, link.Poll());
@@ -311,7 +327,7 @@ Result<proto::RunResult> ExecuteRun(const GroupContext& ctx, const proto::RunSpe
   }
   Result<TrainResult> trained = TrainS0(*options, session, gradient);
   if (!control.fatal.ok()) return control.fatal;
-  if (comm.broken()) {
+  if (comm.broken() || GpuGroupBroken(ctx)) {
     return trained.ok() ? Status::Unavailable("the group's communicator failed") : trained.status();
   }
   if (!trained.ok()) {

@@ -34,7 +34,7 @@ Status MpiStatus(int rc, const std::string& what) {
 Status WaitRequest(MPI_Request* request, double timeout_s, const std::function<void()>& idle,
                    const std::string& what) {
   const auto start = Clock::now();
-  int polls = 0;
+  int64_t polls = 0;  // 64-bit: serve ranks may wait here for months
   for (;;) {
     int done = 0;
     S0_RETURN_IF_ERROR(MpiStatus(MPI_Test(request, &done, MPI_STATUS_IGNORE), what));
@@ -49,7 +49,7 @@ Status WaitRequest(MPI_Request* request, double timeout_s, const std::function<v
     if (idle) idle();
     ++polls;
     if (polls > 100) {
-      const int us = std::min(1000, 20 << std::min(6, (polls - 100) / 50));
+      const int us = std::min(1000, 20 << int(std::min<int64_t>(6, (polls - 100) / 50)));
       std::this_thread::sleep_for(std::chrono::microseconds(us));
     }
   }

@@ -45,6 +45,7 @@ Result<std::unique_ptr<NcclComm>> NcclComm::Create(GroupComm& bootstrap, int dev
   ncclResult_t r =
       ncclCommInitRankConfig(&comm, bootstrap.size(), id, bootstrap.rank(), &config);
   if (r != ncclSuccess && r != ncclInProgress) {
+    if (comm != nullptr) ncclCommAbort(comm);  // whatever part of it was made
     return Status::Unavailable("ncclCommInitRankConfig: " + NcclText(r));
   }
   std::unique_ptr<NcclComm> nc(
@@ -88,8 +89,10 @@ Status NcclComm::Wait(const std::function<Result<bool>()>& done, const char* wha
       return Abort(std::string(what) + " failed: " + NcclText(state));
     }
     if (state == ncclSuccess) {
-      S0_ASSIGN_OR_RETURN(bool finished, done());
-      if (finished) return Status::Ok();
+      Result<bool> finished = done();
+      // The collective may still be in flight: abort it rather than leave it to the destructor.
+      if (!finished.ok()) return Abort(finished.status().message());
+      if (*finished) return Status::Ok();
     }
     const double waited = std::chrono::duration<double>(Clock::now() - start).count();
     if (waited > timeout_s_) {

@@ -41,6 +41,7 @@ class NcclComm final : public GpuGroupReducer {
   NcclComm& operator=(const NcclComm&) = delete;
 
   Status SumInPlace(float* device_data, size_t count, cudaStream_t stream) override;
+  bool broken() const override { return comm_ == nullptr; }
   int rank() const { return rank_; }
   int size() const { return size_; }
 

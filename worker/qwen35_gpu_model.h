@@ -63,6 +63,9 @@ class GpuGroupReducer {
  public:
   virtual ~GpuGroupReducer() = default;
   virtual Status SumInPlace(float* device_data, size_t count, cudaStream_t stream) = 0;
+  // True once a call has failed: the group cannot go on (its runs end the job, as a broken
+  // daemon/group_comm.h communicator does).
+  virtual bool broken() const = 0;
 };
 
 struct GpuMemoryReport {
