@@ -179,13 +179,17 @@ std::string SummaryText(const proto::JobSummary& s) {
     if (!r.error().empty()) t += "    error: " + r.error() + "\n";
   }
   t += "\nper grid point, over its done runs (mean +- sample standard deviation):\n";
+  // A grid point with no done run has no statistics: "-", not a mean of 0.
+  auto stat = [](const proto::Stat& x, const char* format) {
+    return x.n() == 0 ? std::string("-") : Printf(format, x.mean(), x.std());
+  };
   for (const proto::ConfigSummary& c : s.configs()) {
     t += "  " + c.config_key() + " (" + std::to_string(c.final_loss().n()) + " seeds): final_loss " +
-         Printf("%.6f +- %.6f", c.final_loss().mean(), c.final_loss().std()) + ", wall_s " +
-         Printf("%.2f +- %.2f", c.wall_time_s().mean(), c.wall_time_s().std()) + "\n";
+         stat(c.final_loss(), "%.6f +- %.6f") + ", wall_s " + stat(c.wall_time_s(), "%.2f +- %.2f") +
+         "\n";
     for (const proto::LayerStat& l : c.state_norm()) {
-      t += "    |S0[" + std::to_string(l.layer()) + "]| " +
-           Printf("%.6f +- %.6f", l.state_norm().mean(), l.state_norm().std()) + "\n";
+      t += "    |S0[" + std::to_string(l.layer()) + "]| " + stat(l.state_norm(), "%.6f +- %.6f") +
+           "\n";
     }
   }
   return t;

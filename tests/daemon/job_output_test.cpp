@@ -125,6 +125,12 @@ TEST(JobOutput, SummaryStatisticsAreMeanAndSampleStd) {
   EXPECT_NE(text.find("6 runs: 4 done, 1 failed, 1 unfinished"), std::string::npos) << text;
   EXPECT_NE(text.find("error: Internal: the loss is nan"), std::string::npos) << text;
   EXPECT_NE(text.find("lr-0.1 (3 seeds): final_loss 2.333333 +- 1.527525"), std::string::npos) << text;
+
+  // A grid point none of whose runs is done shows no statistics rather than zeros.
+  proto::JobSummary none = BuildSummary(job, {failed});
+  const std::string empty = SummaryText(none);
+  EXPECT_NE(empty.find("lr-0.1 (0 seeds): final_loss -, wall_s -"), std::string::npos) << empty;
+  EXPECT_EQ(empty.find("0.000000 +- 0.000000"), std::string::npos) << empty;
 }
 
 }  // namespace
