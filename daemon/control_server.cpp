@@ -361,7 +361,12 @@ void ControlServer::Stop() {
   zmq::message_t m;
   (void)impl_->pipe.recv(m);
   impl_->thread.join();
-  impl_->lock.reset();  // the socket is closed: the endpoint is free
+  // libzmq finishes closing sockets in the background (its reaper unlinks the ipc file):
+  // terminating the context waits for that, so a daemon that takes the endpoint after the lock
+  // is released cannot lose its socket file to ours.
+  impl_->pipe.close();
+  impl_->ctx.close();
+  impl_->lock.reset();  // the endpoint is free
 }
 
 Result<std::unique_ptr<ControlServer>> ControlServer::Start(const ControlOptions& options, Handler handler) {
