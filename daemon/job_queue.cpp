@@ -283,15 +283,23 @@ proto::Reply JobQueue::OnCancel(const proto::CancelRequest& r) {
   if (it == jobs_.end()) return Fail(proto::Error::NOT_FOUND, "no job '" + r.job_id() + "'");
   Entry& e = it->second;
   proto::JobRecord& rec = e.record;
+  if (rec.state() == proto::JOB_CANCELLED && r.run_id().empty()) {
+    // Already so (a client's retry of a cancel that was answered late, say): nothing to do.
+    proto::Reply reply;
+    *reply.mutable_cancel()->mutable_job() = StatusOf(e, true);
+    return reply;
+  }
   if (Over(rec.state())) {
     return Fail(proto::Error::CONFLICT, "job '" + r.job_id() + "' is over (" + StateName(rec.state()) + ")");
   }
   std::vector<proto::RunProgress*> targets;
   if (r.run_id().empty()) {
-    rec.set_cancel_job(true);
     for (proto::RunProgress& p : *rec.mutable_runs()) {
       if (!Finished(p)) targets.push_back(&p);
     }
+    // Only a cancel that stops something makes the job cancelled: one that arrives as the last
+    // run finishes leaves a job whose runs are all done.
+    if (!targets.empty()) rec.set_cancel_job(true);
   } else {
     proto::RunProgress* p = FindRun(rec, r.run_id());
     if (!p) return Fail(proto::Error::NOT_FOUND, "job '" + r.job_id() + "' has no run '" + r.run_id() + "'");
@@ -499,9 +507,10 @@ void JobQueue::Finish(const std::string& job_id, int status, const JobOutcome& o
   } else if (status != kExitStopped) {
     for (const proto::RunResult& r : outcome.summary.runs()) ApplyResult(rec, r);
     const proto::JobSummary& s = outcome.summary;
-    rec.set_state(s.n_failed() > 0                                  ? proto::JOB_FAILED
-                  : rec.cancel_job() || s.n_cancelled() == s.n_runs() ? proto::JOB_CANCELLED
-                                                                     : proto::JOB_DONE);
+    const bool cancelled = s.n_cancelled() > 0 && (rec.cancel_job() || s.n_cancelled() == s.n_runs());
+    rec.set_state(s.n_failed() > 0 ? proto::JOB_FAILED
+                  : cancelled      ? proto::JOB_CANCELLED
+                                   : proto::JOB_DONE);
   }
   if (Status s = Persist(e); !s.ok()) log_->error("job {}: {}", job_id, s.ToString());
   log_->info("job {}: {}", job_id,
