@@ -175,6 +175,11 @@ int ExecuteJob(const proto::ExpandedJob& job, const RankInfo& w, spdlog::level::
       }
     }
   } free_comms{{&group_mpi, &leaders_mpi}};
+  // MPI_Comm_split blocks without a deadline: first make sure, within the stall timeout, that
+  // every rank got here (between serve's jobs a rank may have stalled unnoticed).
+  MpiGroupComm world(MPI_COMM_WORLD, "the job", stall, nullptr);
+  std::array<int64_t, 1> here = {0};
+  if (Status s = world.AllReduceMax(here); !s.ok()) AbortJob(s.ToString(), kExitAborted);
   if (int rc = MPI_Comm_split(MPI_COMM_WORLD, group, w.rank, &group_mpi); rc != MPI_SUCCESS) {
     AbortJob("MPI_Comm_split (groups): " + MpiErrorText(rc), kExitAborted);
   }
@@ -205,7 +210,6 @@ int ExecuteJob(const proto::ExpandedJob& job, const RankInfo& w, spdlog::level::
   }
 
   // 2. Every rank loads the model and data; all must succeed and agree.
-  MpiGroupComm world(MPI_COMM_WORLD, "the job", stall, nullptr);
   SetupOptions so;
   so.model_dir = spec.model();
   so.data_path = spec.data();
