@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cctype>
 #include <filesystem>
+#include <unordered_map>
+#include <unordered_set>
 
 #include "daemon/job_output.h"
 #include "daemon/job_spec.h"
@@ -62,10 +64,11 @@ bool IsCancelled(const proto::JobRecord& rec, const std::string& run_id) {
          rec.cancelled_runs().end();
 }
 
-// A run's result into its record. An interrupted run is unfinished (it resumes), unless a client
-// cancelled it.
-void ApplyResult(proto::JobRecord& rec, const proto::RunResult& result) {
-  proto::RunProgress* r = FindRun(rec, result.run_id());
+// A run's result into its record (`r`: the run's entry there, when the caller has it). An
+// interrupted run is unfinished (it resumes), unless a client cancelled it.
+void ApplyResult(proto::JobRecord& rec, const proto::RunResult& result,
+                 proto::RunProgress* r = nullptr) {
+  if (r == nullptr) r = FindRun(rec, result.run_id());
   if (r == nullptr) return;
   proto::RunState state = result.state();
   if (state == proto::RUN_INTERRUPTED) {
@@ -329,10 +332,17 @@ proto::Reply JobQueue::OnCancel(const proto::CancelRequest& r) {
 }
 
 proto::Reply JobQueue::OnResults(const std::string& job_id) const {
-  std::lock_guard<std::mutex> lock(mu_);
-  const Entry* e = Find(job_id);
-  if (!e) return Fail(proto::Error::NOT_FOUND, "no job '" + job_id + "'");
-  const proto::JobRecord& rec = e->record;
+  // A copy, so that the files below are read without the lock (rank 0's main thread needs it at
+  // every pump; a slow file system must not stall the job).
+  proto::JobRecord rec;
+  std::vector<proto::RunResult> results;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    const Entry* e = Find(job_id);
+    if (!e) return Fail(proto::Error::NOT_FOUND, "no job '" + job_id + "'");
+    rec = e->record;
+    results = e->results;
+  }
   proto::Reply reply;
   const std::string summary_path = rec.spec().out_dir() + "/summary.json";
   if (Over(rec.state()) && rec.error().empty()) {
@@ -348,12 +358,16 @@ proto::Reply JobQueue::OnResults(const std::string& job_id) const {
   proto::ExpandedJob job;
   job.set_version(kProtocolVersion);
   *job.mutable_spec() = rec.spec();
-  std::vector<proto::RunResult> known = e->results;
+  std::vector<proto::RunResult> known = results;
+  // Sets, not scans: a job may have 100,000 runs.
+  std::unordered_set<std::string> have;
+  const std::unordered_set<std::string> cancelled(rec.cancelled_runs().begin(),
+                                                  rec.cancelled_runs().end());
+  for (const proto::RunResult& r : results) have.insert(r.run_id());
   for (const proto::RunSpec& run : *runs) {
     *job.add_runs() = run;
-    auto same = [&](const proto::RunResult& r) { return r.run_id() == run.run_id(); };
-    if (std::any_of(e->results.begin(), e->results.end(), same)) continue;
-    if (IsCancelled(rec, run.run_id())) {
+    if (have.count(run.run_id()) > 0) continue;
+    if (cancelled.count(run.run_id()) > 0) {
       known.push_back(CancelledResult(run));
       continue;
     }
@@ -422,16 +436,25 @@ class JobQueue::Observer final : public JobObserver {
   void OnPrepared(std::vector<proto::RunResult>* done, std::vector<proto::RunSpec>* pending) override {
     std::lock_guard<std::mutex> lock(q_.mu_);
     Entry& e = q_.jobs_.at(id_);
+    // Maps, not scans: a restarted job may have 100,000 runs.
+    std::unordered_map<std::string, proto::RunProgress*> recorded_runs;
+    for (proto::RunProgress& p : *e.record.mutable_runs()) recorded_runs[p.run_id()] = &p;
+    auto recorded_run = [&](const std::string& id) -> proto::RunProgress* {
+      auto found = recorded_runs.find(id);
+      return found == recorded_runs.end() ? nullptr : found->second;
+    };
     for (const proto::RunResult& r : *done) {
-      ApplyResult(e.record, r);
+      if (proto::RunProgress* p = recorded_run(r.run_id())) ApplyResult(e.record, r, p);
       e.results.push_back(r);
     }
     // Runs without a done marker: cancelled ones, and ones that failed before the daemon was
     // stopped (a failure writes no marker, the record keeps it), are over; the others run.
     std::vector<proto::RunSpec> keep;
+    const std::unordered_set<std::string> cancelled(e.record.cancelled_runs().begin(),
+                                                    e.record.cancelled_runs().end());
     for (proto::RunSpec& run : *pending) {
-      const proto::RunProgress* recorded = FindRun(e.record, run.run_id());
-      if (IsCancelled(e.record, run.run_id())) {
+      const proto::RunProgress* recorded = recorded_run(run.run_id());
+      if (cancelled.count(run.run_id()) > 0) {
         done->push_back(CancelledResult(run));
         e.results.push_back(done->back());
       } else if (recorded != nullptr && recorded->state() == proto::RUN_FAILED) {

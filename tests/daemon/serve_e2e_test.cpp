@@ -273,7 +273,11 @@ TEST(ServeEndToEnd, SubmitWatchCancelResultsShutdown) {
   Daemon d(s.dir + "/daemon.log", 2,
            {"--dir", s.dir + "/queue", "--endpoint", s.endpoint, "--log-level", "debug"});
   ASSERT_TRUE(d.WaitFor("control socket " + s.endpoint + " ready")) << d.log();
-  const std::string spec = WriteSpec(s.dir, "sweep", "[1, 2, 3]", 20);
+  // Enough steps that the cancel below (two client processes after seed-2 reaches step 2) lands
+  // mid-run also on a loaded machine: 20 steps took under a second and were once too few.
+  const int kSteps = 100;
+  const std::string steps = std::to_string(kSteps);
+  const std::string spec = WriteSpec(s.dir, "sweep", "[1, 2, 3]", kSteps);
 
   Outcome sub = S0(With({"submit", spec, "--job-id", "sweep-1"}, s.client));
   ASSERT_EQ(sub.status, 0) << sub.output;
@@ -305,9 +309,11 @@ TEST(ServeEndToEnd, SubmitWatchCancelResultsShutdown) {
   EXPECT_EQ(watched.status, 0) << watched.output;
   EXPECT_NE(watched.output.find("job sweep-1 (sweep): done, 2/3 done, 1 cancelled"), std::string::npos)
       << watched.output;
-  const std::regex progress("  seed-1 +train +step \\d+/20  loss \\d+\\.\\d{6}  ETA (\\d+s|-)");
+  const std::regex progress("  seed-1 +train +step \\d+/" + steps +
+                            "  loss \\d+\\.\\d{6}  ETA (\\d+s|-)");
   EXPECT_TRUE(std::regex_search(watched.output, progress)) << watched.output;
-  EXPECT_TRUE(std::regex_search(watched.output, std::regex("  seed-3 +done +step 20/20"))) << watched.output;
+  const std::regex seed3_done("  seed-3 +done +step " + steps + "/" + steps);
+  EXPECT_TRUE(std::regex_search(watched.output, seed3_done)) << watched.output;
   EXPECT_NE(d.log().find("run seed-2: stopping before step"), std::string::npos) << d.log();
   EXPECT_NE(d.log().find("(cancelled)"), std::string::npos) << d.log();
 
@@ -316,7 +322,7 @@ TEST(ServeEndToEnd, SubmitWatchCancelResultsShutdown) {
   auto committed = LoadLatestGood(s.dir + "/sweep/runs/seed-2/run.h5");
   ASSERT_TRUE(committed.ok()) << committed.status().ToString();
   EXPECT_GE(committed->contents.committed_step, 2);
-  EXPECT_LT(committed->contents.committed_step, 20);
+  EXPECT_LT(committed->contents.committed_step, kSteps);
 
   Outcome results = S0(With({"results", "sweep-1"}, s.client));
   ASSERT_EQ(results.status, 0) << results.output;
