@@ -326,9 +326,13 @@ int ReportFailure(const std::string& command, const Status& status) {
   return status.code() == Code::kUnavailable ? kClientUnreachable : kClientRefused;
 }
 
-int ReportFailure(const std::string& command, const proto::Error& error) {
-  std::fprintf(stderr, "s0 %s: %s\n", command.c_str(), error.message().c_str());
-  return error.code() == proto::Error::UNAVAILABLE ? kClientUnreachable : kClientRefused;
+Result<proto::Reply> CallDaemon(const ClientOptions& options, proto::Request request) {
+  Client client(options);
+  S0_ASSIGN_OR_RETURN(proto::Reply reply, client.Call(std::move(request)));
+  if (!reply.has_error()) return reply;
+  const proto::Error& e = reply.error();
+  return e.code() == proto::Error::UNAVAILABLE ? Status::Unavailable(e.message())
+                                               : Status::InvalidArgument(e.message());
 }
 
 }  // namespace s0

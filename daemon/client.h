@@ -63,9 +63,12 @@ void AddClientFlags(CLI::App* sub, ClientOptions* options);
 std::string FormatJob(const proto::JobStatus& job);
 std::string FormatRun(const proto::RunProgress& run, int bar_width);
 
-// Prints "s0 <command>: <why>" for a failed call or an error reply and returns the exit status
-// (kClientUnreachable or kClientRefused).
+// A command's one request: Client(options).Call, with an error reply turned into a failed
+// Status that carries its message (Unavailable for UNAVAILABLE, else InvalidArgument).
+Result<proto::Reply> CallDaemon(const ClientOptions& options, proto::Request request);
+
+// Prints "s0 <command>: <why>" and returns the exit status: kClientUnreachable for Unavailable
+// (no reply, no daemon, or the daemon unavailable), else kClientRefused.
 int ReportFailure(const std::string& command, const Status& status);
-int ReportFailure(const std::string& command, const proto::Error& error);
 
 }  // namespace s0

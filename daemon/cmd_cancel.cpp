@@ -16,10 +16,8 @@ int Cancel(const CancelArgs& a) {
   proto::Request r;
   r.mutable_cancel()->set_job_id(a.job_id);
   r.mutable_cancel()->set_run_id(a.run_id);
-  Client client(a.client);
-  Result<proto::Reply> reply = client.Call(r);
+  Result<proto::Reply> reply = CallDaemon(a.client, r);
   if (!reply.ok()) return ReportFailure("cancel", reply.status());
-  if (reply->has_error()) return ReportFailure("cancel", reply->error());
   const proto::CancelReply& c = reply->cancel();
   if (c.cancelled_size() == 0) std::printf("nothing left to cancel\n");
   for (const std::string& id : c.cancelled()) std::printf("cancelled %s\n", id.c_str());

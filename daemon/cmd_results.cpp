@@ -16,10 +16,8 @@ struct ResultsArgs {
 int Results(const ResultsArgs& a) {
   proto::Request r;
   r.mutable_results()->set_job_id(a.job_id);
-  Client client(a.client);
-  Result<proto::Reply> reply = client.Call(r);
+  Result<proto::Reply> reply = CallDaemon(a.client, r);
   if (!reply.ok()) return ReportFailure("results", reply.status());
-  if (reply->has_error()) return ReportFailure("results", reply->error());
   std::fputs(SummaryText(reply->results()).c_str(), stdout);
   return 0;
 }

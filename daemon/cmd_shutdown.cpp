@@ -12,10 +12,8 @@ Runner AddShutdownCommand(CLI::App& app) {
   return [a] {
     proto::Request r;
     r.mutable_shutdown();
-    Client client(*a);
-    Result<proto::Reply> reply = client.Call(r);
+    Result<proto::Reply> reply = CallDaemon(*a, r);
     if (!reply.ok()) return ReportFailure("shutdown", reply.status());
-    if (reply->has_error()) return ReportFailure("shutdown", reply->error());
     std::printf("the daemon is shutting down: runs stop at their next step boundary\n");
     return 0;
   };

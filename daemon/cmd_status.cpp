@@ -14,10 +14,8 @@ struct StatusArgs {
 int List(const std::string& command, const ClientOptions& options) {
   proto::Request r;
   r.mutable_list();
-  Client client(options);
-  Result<proto::Reply> reply = client.Call(r);
+  Result<proto::Reply> reply = CallDaemon(options, r);
   if (!reply.ok()) return ReportFailure(command, reply.status());
-  if (reply->has_error()) return ReportFailure(command, reply->error());
   if (reply->list().jobs_size() == 0) std::printf("no jobs\n");
   for (const proto::JobStatus& j : reply->list().jobs()) std::printf("%s\n", FormatJob(j).c_str());
   return 0;
@@ -27,10 +25,8 @@ int Status(const StatusArgs& a) {
   if (a.job_id.empty()) return List("status", a.client);
   proto::Request r;
   r.mutable_status()->set_job_id(a.job_id);
-  Client client(a.client);
-  Result<proto::Reply> reply = client.Call(r);
+  Result<proto::Reply> reply = CallDaemon(a.client, r);
   if (!reply.ok()) return ReportFailure("status", reply.status());
-  if (reply->has_error()) return ReportFailure("status", reply->error());
   std::printf("%s\n", FormatJob(reply->status()).c_str());
   for (const proto::RunProgress& run : reply->status().runs()) {
     std::printf("%s\n", FormatRun(run, 0).c_str());

@@ -50,10 +50,8 @@ int Submit(const SubmitArgs& a) {
   sub->set_spec_text(*text);
   sub->set_json(json);
   sub->set_base_dir(base);
-  Client client(a.client);
-  Result<proto::Reply> reply = client.Call(r);
+  Result<proto::Reply> reply = CallDaemon(a.client, r);
   if (!reply.ok()) return ReportFailure("submit", reply.status());
-  if (reply->has_error()) return ReportFailure("submit", reply->error());
   const proto::JobStatus& job = reply->submit().job();
   std::printf("%s%s\n", reply->submit().already() ? "already submitted: " : "", FormatJob(job).c_str());
   return 0;
