@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <cctype>
 #include <filesystem>
-#include <unordered_map>
 #include <unordered_set>
 
 #include "daemon/job_output.h"
@@ -52,23 +51,15 @@ std::string StateName(proto::JobState s) {
   return n;
 }
 
-proto::RunProgress* FindRun(proto::JobRecord& rec, const std::string& run_id) {
-  for (proto::RunProgress& r : *rec.mutable_runs()) {
-    if (r.run_id() == run_id) return &r;
-  }
-  return nullptr;
-}
-
 bool IsCancelled(const proto::JobRecord& rec, const std::string& run_id) {
   return std::find(rec.cancelled_runs().begin(), rec.cancelled_runs().end(), run_id) !=
          rec.cancelled_runs().end();
 }
 
-// A run's result into its record (`r`: the run's entry there, when the caller has it). An
-// interrupted run is unfinished (it resumes), unless a client cancelled it.
-void ApplyResult(proto::JobRecord& rec, const proto::RunResult& result,
-                 proto::RunProgress* r = nullptr) {
-  if (r == nullptr) r = FindRun(rec, result.run_id());
+// A run's result into its entry `r` of `rec` (nothing for null). An interrupted run is
+// unfinished (it resumes), unless a client cancelled it.
+void ApplyResult(const proto::JobRecord& rec, proto::RunProgress* r,
+                 const proto::RunResult& result) {
   if (r == nullptr) return;
   proto::RunState state = result.state();
   if (state == proto::RUN_INTERRUPTED) {
@@ -104,6 +95,16 @@ proto::RunResult CancelledResult(const proto::RunSpec& run) {
 
 }  // namespace
 
+void JobQueue::Entry::IndexRuns() {
+  run_at.clear();
+  for (int i = 0; i < record.runs_size(); ++i) run_at[record.runs(i).run_id()] = i;
+}
+
+proto::RunProgress* JobQueue::Entry::FindRun(const std::string& run_id) {
+  auto it = run_at.find(run_id);
+  return it == run_at.end() ? nullptr : record.mutable_runs(it->second);
+}
+
 Status CheckJobId(const std::string& id) {
   bool ok = !id.empty() && id.size() <= 64 && id != "." && id != "..";
   for (char c : id) {
@@ -135,6 +136,7 @@ Result<std::unique_ptr<JobQueue>> JobQueue::Open(const std::string& dir,
       if (!Finished(r)) r.set_stage("queued");
       r.set_eta_s(-1);
     }
+    e.IndexRuns();
     q->next_seq_ = std::max(q->next_seq_, e.record.seq() + 1);
     q->jobs_[e.record.job_id()] = std::move(e);
   }
@@ -236,6 +238,7 @@ proto::Reply JobQueue::OnSubmit(const proto::SubmitRequest& r) {
     p->set_n_steps(run.method().n_steps());
     p->set_eta_s(-1);
   }
+  e.IndexRuns();
   if (Status s = Persist(e); !s.ok()) return Fail(proto::Error::INTERNAL, s.ToString());
   log_->info("job {} ({}): queued, {} runs, output {}", r.job_id(), rec.spec().name(),
                rec.runs_size(), rec.spec().out_dir());
@@ -304,7 +307,7 @@ proto::Reply JobQueue::OnCancel(const proto::CancelRequest& r) {
     // run finishes leaves a job whose runs are all done.
     if (!targets.empty()) rec.set_cancel_job(true);
   } else {
-    proto::RunProgress* p = FindRun(rec, r.run_id());
+    proto::RunProgress* p = e.FindRun(r.run_id());
     if (!p) return Fail(proto::Error::NOT_FOUND, "job '" + r.job_id() + "' has no run '" + r.run_id() + "'");
     if (p->state() == proto::RUN_DONE || p->state() == proto::RUN_FAILED) {
       return Fail(proto::Error::CONFLICT, "run '" + r.run_id() + "' is already " + p->stage());
@@ -436,15 +439,8 @@ class JobQueue::Observer final : public JobObserver {
   void OnPrepared(std::vector<proto::RunResult>* done, std::vector<proto::RunSpec>* pending) override {
     std::lock_guard<std::mutex> lock(q_.mu_);
     Entry& e = q_.jobs_.at(id_);
-    // Maps, not scans: a restarted job may have 100,000 runs.
-    std::unordered_map<std::string, proto::RunProgress*> recorded_runs;
-    for (proto::RunProgress& p : *e.record.mutable_runs()) recorded_runs[p.run_id()] = &p;
-    auto recorded_run = [&](const std::string& id) -> proto::RunProgress* {
-      auto found = recorded_runs.find(id);
-      return found == recorded_runs.end() ? nullptr : found->second;
-    };
     for (const proto::RunResult& r : *done) {
-      if (proto::RunProgress* p = recorded_run(r.run_id())) ApplyResult(e.record, r, p);
+      ApplyResult(e.record, e.FindRun(r.run_id()), r);
       e.results.push_back(r);
     }
     // Runs without a done marker: cancelled ones, and ones that failed before the daemon was
@@ -453,7 +449,7 @@ class JobQueue::Observer final : public JobObserver {
     const std::unordered_set<std::string> cancelled(e.record.cancelled_runs().begin(),
                                                     e.record.cancelled_runs().end());
     for (proto::RunSpec& run : *pending) {
-      const proto::RunProgress* recorded = recorded_run(run.run_id());
+      const proto::RunProgress* recorded = e.FindRun(run.run_id());
       if (cancelled.count(run.run_id()) > 0) {
         done->push_back(CancelledResult(run));
         e.results.push_back(done->back());
@@ -485,7 +481,7 @@ class JobQueue::Observer final : public JobObserver {
     }
     bool changed = false;
     for (; seen_ < c.results().size(); ++seen_) {
-      ApplyResult(e.record, c.results()[seen_]);
+      ApplyResult(e.record, e.FindRun(c.results()[seen_].run_id()), c.results()[seen_]);
       e.results.push_back(c.results()[seen_]);
       changed = true;
     }
@@ -493,7 +489,7 @@ class JobQueue::Observer final : public JobObserver {
       if (Status s = q_.Persist(e); !s.ok()) q_.log_->error("job {}: {}", id_, s.ToString());
     }
     for (const Coordinator::RunProgress& p : c.Busy(now)) {
-      proto::RunProgress* r = FindRun(e.record, p.run_id);
+      proto::RunProgress* r = e.FindRun(p.run_id);
       if (!r || r->state() == proto::RUN_CANCELLED) continue;
       if (r->stage() != "train" || r->step() != p.step) {
         r->set_stage("train");
@@ -528,7 +524,9 @@ void JobQueue::Finish(const std::string& job_id, int status, const JobOutcome& o
     rec.set_state(proto::JOB_FAILED);
     rec.set_error(outcome.error);
   } else if (status != kExitStopped) {
-    for (const proto::RunResult& r : outcome.summary.runs()) ApplyResult(rec, r);
+    for (const proto::RunResult& r : outcome.summary.runs()) {
+      ApplyResult(rec, e.FindRun(r.run_id()), r);
+    }
     const proto::JobSummary& s = outcome.summary;
     const bool cancelled = s.n_cancelled() > 0 && (rec.cancel_job() || s.n_cancelled() == s.n_runs());
     rec.set_state(s.n_failed() > 0 ? proto::JOB_FAILED

@@ -22,6 +22,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <spdlog/logger.h>
@@ -74,6 +75,10 @@ class JobQueue {
     uint64_t revision = 1;
     std::vector<proto::RunResult> results;  // runs finished while this daemon ran the job
     std::vector<std::string> cancels;       // to apply to the running job's coordinator
+    // Run id -> index in record.runs() (fixed once submitted): a job may have 100,000 runs.
+    std::unordered_map<std::string, int> run_at;
+    void IndexRuns();
+    proto::RunProgress* FindRun(const std::string& run_id);  // null: no such run
   };
   JobQueue(std::string dir, std::shared_ptr<spdlog::logger> log)
       : dir_(std::move(dir)), log_(std::move(log)) {}
