@@ -14,9 +14,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// job.json grows with the number of runs (about 0.5 kB each, kMaxRuns of them at most).
-constexpr size_t kMaxJobJsonBytes = size_t(64) << 20;
-
 std::string Printf(const char* fmt, double a, double b) {
   char buf[96];
   std::snprintf(buf, sizeof buf, fmt, a, b);
@@ -53,10 +50,10 @@ Status PrepareJobDir(const proto::ExpandedJob& job) {
   fs::create_directories(out + "/runs", ec);
   if (ec) return Status::IOError(out + "/runs: " + ec.message());
   const std::string path = out + "/job.json";
-  Result<std::string> text = ReadSmallFile(path, kMaxJobJsonBytes);
+  Result<std::string> text = ReadSmallFile(path, kMaxJobFileBytes);
   if (text.ok()) {
     proto::ExpandedJob recorded;
-    S0_RETURN_IF_ERROR(ParseTextMessage(*text, true, &recorded, path, kMaxJobJsonBytes));
+    S0_RETURN_IF_ERROR(ParseTextMessage(*text, true, &recorded, path, kMaxJobFileBytes));
     return CheckSameJob(recorded, job).Context(out);
   }
   if (text.status().code() != Code::kNotFound) return text.status();

@@ -17,9 +17,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// A record lists every run of its job (about 100 bytes each; job_spec.h allows 100,000 runs).
-constexpr size_t kMaxRecordBytes = size_t(64) << 20;
-
 proto::Reply Fail(proto::Error::Code code, const std::string& message) {
   proto::Reply r;
   r.mutable_error()->set_code(code);
@@ -125,9 +122,9 @@ Result<std::unique_ptr<JobQueue>> JobQueue::Open(const std::string& dir,
     // WriteFileAtomic's temporary files end in ".tmp.<pid>": a crash may leave one behind.
     if (f.path().extension() != ".json") continue;
     const std::string path = f.path().string();
-    S0_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(path, kMaxRecordBytes));
+    S0_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(path, kMaxJobFileBytes));
     Entry e;
-    S0_RETURN_IF_ERROR(ParseTextMessage(text, true, &e.record, path, kMaxRecordBytes));
+    S0_RETURN_IF_ERROR(ParseTextMessage(text, true, &e.record, path, kMaxJobFileBytes));
     if (e.record.job_id() + ".json" != f.path().filename().string()) {
       return Status::Corruption(path + ": holds job '" + e.record.job_id() + "'");
     }
@@ -349,9 +346,9 @@ proto::Reply JobQueue::OnResults(const std::string& job_id) const {
   proto::Reply reply;
   const std::string summary_path = rec.spec().out_dir() + "/summary.json";
   if (Over(rec.state()) && rec.error().empty()) {
-    Result<std::string> text = ReadSmallFile(summary_path, kMaxRecordBytes);
+    Result<std::string> text = ReadSmallFile(summary_path, kMaxJobFileBytes);
     Status s = text.status();
-    if (s.ok()) s = ParseTextMessage(*text, true, reply.mutable_results(), summary_path, kMaxRecordBytes);
+    if (s.ok()) s = ParseTextMessage(*text, true, reply.mutable_results(), summary_path, kMaxJobFileBytes);
     if (s.ok()) return reply;
     log_->warn("job {}: {}; summarizing from the run directories", job_id, s.ToString());
   }
