@@ -27,12 +27,12 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-constexpr int kTickMs = 100;              // watch events and the stop message are checked this often
-constexpr double kHeartbeatS = 1.0;       // a watcher hears at least this often
+constexpr int kTickMs = 100;         // watch events and the stop message are checked this often
+constexpr double kHeartbeatS = 1.0;  // a watcher hears at least this often
 constexpr size_t kMaxWatchers = 64;
-constexpr int kMaxQueuedReplies = 16;  // per client
+constexpr int kMaxQueuedReplies = 16;                   // per client
 constexpr int64_t kTransportLimit = int64_t(16) << 20;  // libzmq drops larger messages' senders
-constexpr size_t kMaxIpcPath = 107;       // sun_path
+constexpr size_t kMaxIpcPath = 107;                     // sun_path
 
 // Literal loopback addresses only: a name such as "127.example.org" may resolve anywhere, and
 // libzmq's "source;destination" form ("127.0.0.1:1;0.0.0.0") binds the part after the ';'.

@@ -57,6 +57,19 @@ proto::JobStatus StatusOf(JobQueue& q, const std::string& job_id) {
   return reply.status();
 }
 
+// What the executor hands the queue's observer when a job starts and no run has a done marker:
+// every run pending. Returns the observer's verdict (runs over, runs to execute).
+struct Prepared {
+  std::vector<proto::RunResult> done;
+  std::vector<proto::RunSpec> pending;
+};
+Prepared PrepareWithoutMarkers(JobQueue& q, const JobQueue::Next& next) {
+  Prepared p;
+  p.pending.assign(next.job.runs().begin(), next.job.runs().end());
+  q.Observe(next.job_id)->OnPrepared(&p.done, &p.pending);
+  return p;
+}
+
 std::string RunStage(const proto::JobStatus& s, const std::string& run_id) {
   for (const proto::RunProgress& r : s.runs()) {
     if (r.run_id() == run_id) return r.stage();
@@ -147,17 +160,14 @@ TEST(ServeQueue, ARunThatFailedBeforeARestartIsNotRunAgain) {
   ASSERT_TRUE(q);
   std::optional<JobQueue::Next> next = q->WaitForJob(0);
   ASSERT_TRUE(next);
-  std::unique_ptr<JobObserver> obs = q->Observe("j1");
-  std::vector<proto::RunResult> done;
-  std::vector<proto::RunSpec> pending(next->job.runs().begin(), next->job.runs().end());
-  obs->OnPrepared(&done, &pending);
-  ASSERT_EQ(pending.size(), 1u);
-  EXPECT_EQ(pending[0].run_id(), "seed-2");
-  ASSERT_EQ(done.size(), 1u);
-  EXPECT_EQ(done[0].run_id(), "seed-1");
-  EXPECT_EQ(done[0].state(), proto::RUN_FAILED);
-  EXPECT_EQ(done[0].steps_done(), 2);
-  EXPECT_EQ(done[0].error(), "train: the data went away");
+  const Prepared p = PrepareWithoutMarkers(*q, *next);
+  ASSERT_EQ(p.pending.size(), 1u);
+  EXPECT_EQ(p.pending[0].run_id(), "seed-2");
+  ASSERT_EQ(p.done.size(), 1u);
+  EXPECT_EQ(p.done[0].run_id(), "seed-1");
+  EXPECT_EQ(p.done[0].state(), proto::RUN_FAILED);
+  EXPECT_EQ(p.done[0].steps_done(), 2);
+  EXPECT_EQ(p.done[0].error(), "train: the data went away");
   EXPECT_EQ(RunStage(StatusOf(*q, "j1"), "seed-1"), "failed");
 }
 
@@ -227,15 +237,12 @@ TEST(ServeQueue, CancelsAreRecordedAndARestartedQueueHonoursThem) {
     ASSERT_TRUE(next);
     EXPECT_EQ(next->job_id, "j1");
     ASSERT_EQ(next->job.runs_size(), 3);
-    std::unique_ptr<JobObserver> obs = q->Observe("j1");
-    std::vector<proto::RunResult> done;
-    std::vector<proto::RunSpec> pending(next->job.runs().begin(), next->job.runs().end());
-    obs->OnPrepared(&done, &pending);
-    ASSERT_EQ(pending.size(), 2u);
-    EXPECT_EQ(pending[0].run_id(), "seed-1");
-    EXPECT_EQ(pending[1].run_id(), "seed-3");
-    ASSERT_EQ(done.size(), 1u);
-    EXPECT_EQ(done[0].state(), proto::RUN_CANCELLED);
+    const Prepared p = PrepareWithoutMarkers(*q, *next);
+    ASSERT_EQ(p.pending.size(), 2u);
+    EXPECT_EQ(p.pending[0].run_id(), "seed-1");
+    EXPECT_EQ(p.pending[1].run_id(), "seed-3");
+    ASSERT_EQ(p.done.size(), 1u);
+    EXPECT_EQ(p.done[0].state(), proto::RUN_CANCELLED);
     EXPECT_EQ(StatusOf(*q, "j1").state(), proto::JOB_RUNNING);
   }
   {
